@@ -67,19 +67,29 @@ def progress_enabled(args):
     return not getattr(args, "quiet", False)
 
 
-def fraction(text):
-    """Parse a number in (0, 1] for argparse."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a number in (0, 1]"
-        ) from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a number in (0, 1]"
-        )
-    return value
+def bounded_float(low, high, *, include_low):
+    """Return an argparse type for a number in (low, high], or [low, high]."""
+    interval = f"{'[' if include_low else '('}{low:g}, {high:g}]"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        above_low = value is not None and (value >= low if include_low else value > low)
+        if not above_low or not value <= high:
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: expected a number in {interval}"
+            )
+        return value
+
+    parse.__name__ = f"number in {interval}"
+    return parse
+
+
+fraction = bounded_float(0, 1, include_low=False)
+probability = bounded_float(0, 1, include_low=True)
+mcc_threshold = bounded_float(-1, 1, include_low=False)
 
 
 def positive_int(text):
