@@ -27,7 +27,6 @@ results sidecar names). Otherwise it is estimated as (d - trusted rows) x m /
 n_bots / d and marked "~".
 """
 
-import argparse
 import logging
 import sys
 from pathlib import Path
