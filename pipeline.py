@@ -125,7 +125,7 @@ class Pipeline:
         command = [sys.executable, str(ROOT / name), *[str(arg) for arg in args]]
         if self.quiet:
             command.append("--quiet")
-        printable = " ".join(shlex.quote(part) for part in [f"python {name}", *command[2:]])
+        printable = shlex.join(["python", name, *command[2:]])
         logger.info("running: %s", printable)
         started = time.perf_counter()
         completed = subprocess.run(command, check=False)

@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__
 from .cli import InputError
 from .csvio import format_pixel_rows, write_rows
-from .simulate import LevelResult, batch_file_name, describe_split, simulate_level
+from .simulate import batch_file_name, describe_split, simulate_level
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,14 @@ def run_level(X, y, params, level, out_dir, identity, row_texts=None, progress=N
         rows = [row_texts[i] for i in row_ids.tolist()]
         write_rows(tmp / batch_file_name(number), labels, rows)
 
-    result = simulate_level(y, level, params, on_batch=write_batch, progress=progress)
+    result = simulate_level(
+        y,
+        level,
+        params,
+        on_batch=write_batch,
+        progress=progress,
+        audit=list(params.audit) or None,
+    )
     info = {"identity": identity, **result.to_dict()}
     write_json_atomic(tmp / LEVEL_INFO_NAME, info)
     final = out_dir / str(level)
@@ -268,9 +275,3 @@ def summarize_levels(levels_info):
             f"{entry['captchas']} captchas, {entry['unlabelled']} unlabelled"
         )
     return lines
-
-
-def level_result_from_dict(entry):
-    """Rebuild a LevelResult from a manifest entry."""
-    fields = LevelResult.__dataclass_fields__
-    return LevelResult(**{name: entry[name] for name in fields})

@@ -15,7 +15,8 @@ import numpy as np
 
 from bots import EvilBot, GoodBot, make_behavior
 
-from .aggregation import make_aggregation
+from .aggregation import estimates_reliability, make_aggregation
+from .crowd_metrics import audit_reliability, captchas_per_label, poisoned_share
 from .service import Dataset, batch_row_count, trusted_row_count
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class SimulationParams:
     max_passes : int
         Upper bound on round-robin passes over the pool; the level stops there
         and keeps what was accepted.
+    audit : tuple of str
+        Reliability-estimating aggregations that score, on the level's whole vote
+        log, which bots they flag as malicious. Empty skips the audit.
     """
 
     n_bots: int = 20
@@ -71,16 +75,26 @@ class SimulationParams:
     honest_error_rate: float = 0.0
     poison_rate: float = 1.0
     aggregation: str = "majority"
-    max_passes: int = 100
+    max_passes: int = 200
+    audit: tuple = ()
 
     def to_dict(self):
-        """Return the parameters as a JSON-ready dict."""
-        return asdict(self)
+        """Return the parameters as a JSON-ready dict, tuples as lists."""
+        values = asdict(self)
+        values["audit"] = list(self.audit)
+        return values
 
 
 @dataclass
 class LevelResult:
-    """Counts of one simulated level, as stored in the manifest."""
+    """Counts of one simulated level, as stored in the manifest.
+
+    ``poisoned_share`` is poisoned / accepted and ``captchas_per_label`` is
+    captchas / accepted, both None when nothing was accepted. ``reliability``
+    maps each audit method to its skill estimates, the bots it flags as
+    malicious and their precision and recall (see
+    :func:`crowdpoison.crowd_metrics.audit_reliability`).
+    """
 
     malicious: int
     complete: bool
@@ -93,6 +107,9 @@ class LevelResult:
     passes: int
     discarded_rounds: int
     batches: list
+    poisoned_share: float | None = None
+    captchas_per_label: float | None = None
+    reliability: dict = field(default_factory=dict)
 
     def to_dict(self):
         """Return the counts as a JSON-ready dict."""
@@ -138,7 +155,14 @@ def expected_captchas(pool_size, n_right, n_votes):
 
 
 def simulate_level(
-    labels, n_malicious, params, *, on_batch=None, progress=None, return_service=False
+    labels,
+    n_malicious,
+    params,
+    *,
+    on_batch=None,
+    progress=None,
+    return_service=False,
+    audit="auto",
 ):
     """Run the captcha service until the pool is labelled or the bound is hit.
 
@@ -157,6 +181,13 @@ def simulate_level(
     return_service : bool, default=False
         Also return the service, which then keeps every vote with its bot id
         (``service.vote_log()``), for audits and tests.
+    audit : "auto", sequence of str or None, default="auto"
+        Reliability-estimating aggregations to run on the level's whole vote
+        log once it ends, to score which bots they flag as malicious. "auto"
+        runs the level's own aggregation when it estimates reliability, and
+        Dawid-Skene otherwise, as an audit that changes no label. None or an
+        empty sequence skips the audit, and the service then keeps no votes
+        unless ``return_service`` is true.
 
     Returns
     -------
@@ -183,6 +214,7 @@ def simulate_level(
         params, n_malicious, n_classes=n_classes, n_rows=labels.size, rngs=bot_rngs
     )
     truth = labels.tolist()
+    audit_methods = _audit_methods(audit, params.aggregation)
 
     batches = []
     cumulative = {"rows": 0, "poisoned": 0}
@@ -213,7 +245,7 @@ def simulate_level(
         aggregation=make_aggregation(params.aggregation),
         random_state=service_rng,
         on_batch=record_batch,
-        keep_votes=return_service,
+        keep_votes=return_service or bool(audit_methods),
     )
     _answer_until_done(service, bots, truth, params, assignment_rng, progress)
     service.flush()
@@ -241,8 +273,29 @@ def simulate_level(
         passes=counts.passes,
         discarded_rounds=counts.discarded_rounds,
         batches=batches,
+        poisoned_share=poisoned_share(counts.poisoned, counts.accepted),
+        captchas_per_label=captchas_per_label(counts.captchas, counts.accepted),
+        reliability=audit_reliability(service.vote_log(), n_malicious, audit_methods),
     )
     return (result, service) if return_service else result
+
+
+def _audit_methods(audit, aggregation):
+    """Return the names of the aggregations that audit a level's vote log."""
+    if audit is None:
+        return []
+    if isinstance(audit, str) and audit == "auto":
+        return [aggregation if estimates_reliability(aggregation) else "dawid-skene"]
+    if isinstance(audit, str):
+        audit = [audit]
+    names = list(audit)
+    for name in names:
+        if not estimates_reliability(name):
+            raise ValueError(
+                f"audit method {name!r} does not estimate bot reliability; use one "
+                "of the reliability-estimating aggregations, such as 'dawid-skene'"
+            )
+    return names
 
 
 def _answer_until_done(service, bots, truth, params, assignment_rng, progress):
