@@ -1,0 +1,284 @@
+"""Tests of the grid benchmark: a smoke run on tiny sizes and its building blocks.
+
+The smoke run checks that every stage runs and reports its targets, and that the
+correctness targets pass. It never checks a timing, because the speed targets
+are set for the default sizes.
+"""
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_grid, timers
+from benchmarks.projection import (
+    MeasuredCosts,
+    PowerLaw,
+    TrainingSet,
+    distinct_training_sets,
+    fit_power_law,
+    list_training_sets,
+    project_study_grid,
+)
+from benchmarks.stages import STAGES, compare_results, read_results
+from benchmarks.timers import Probe, measure_command, timed_calls
+from crowdpoison.cli import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MB = 1e6
+
+
+def test_bench_grid_quick_run(mnist_dir, tmp_path, capsys):
+    work_dir = tmp_path / "work"
+    report_path = tmp_path / "bench.json"
+    argv = ["--quick", "--mnist-dir", str(mnist_dir), "--work-dir", str(work_dir)]
+    status = bench_grid.main([*argv, "--json", str(report_path), "--quiet"])
+    output = capsys.readouterr().out
+
+    assert status == 0
+    report = json.loads(report_path.read_text())
+    assert list(report["stages"]) == list(STAGES)
+    numbers = {target["number"] for target in report["targets"]}
+    assert numbers == {"1", "2", "3", "4", "5", "6", "7"}
+    correctness = [target for target in report["targets"] if target["correctness"]]
+    assert [target["name"] for target in correctness] == [
+        "identical results",
+        "two cores, same results",
+    ]
+    assert all(target["passed"] for target in correctness)
+    assert report["stages"]["exact"]["figures"]["differences"] == []
+    assert report["stages"]["exact"]["figures"]["n_cells"] > 0
+    assert report["projection"]["n_cells"] > 0
+    for title in ("exact", "memory", "projection of the full study grid", "summary"):
+        assert f"== {title}" in output
+    assert "[PASS] 1 identical results" in output
+    assert (work_dir / "results" / "naive-n1.csv").is_file()
+
+
+def test_bench_grid_stages_subset(mnist_dir, tmp_path, capsys):
+    argv = ["--quick", "--mnist-dir", str(mnist_dir), "--stages", "loading"]
+    status = bench_grid.main([*argv, "--work-dir", str(tmp_path / "work"), "-q"])
+    output = capsys.readouterr().out
+
+    assert status == 0
+    assert "[PASS] 5 loading" in output
+    assert "skipped: needs the stages one-core, knn" in output
+    assert "== exact" not in output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--levels", "0", "21"], r"--levels 21: a level is a number of malicious"),
+        (["--full-levels", "30"], r"--full-levels 30: .* pass levels in 0\.\.20"),
+        (["--train-rows", "60001"], r"--train-rows 60001: MNIST has 60000 images"),
+        (["--test-rows", "10001"], r"--test-rows 10001: MNIST has 10000 images"),
+        (["--models", "LR", "KNN(2)"], r"--models: unknown model 'KNN\(2\)'"),
+    ],
+)
+def test_bench_grid_rejects_bad_flags(mnist_dir, tmp_path, extra, message):
+    argv = ["--quick", "--mnist-dir", str(mnist_dir), "--work-dir", str(tmp_path)]
+    with pytest.raises(InputError, match=message):
+        bench_grid.main([*argv, *extra, "-q"])
+
+
+def test_bench_grid_rejects_work_dir_in_repository():
+    argv = ["--mnist-dir", "/nonexistent", "--work-dir", str(REPO_ROOT / "bench")]
+    with pytest.raises(InputError, match=r"is inside the repository"):
+        bench_grid.main([*argv, "-q"])
+
+
+def test_bench_grid_rejects_non_empty_work_dir(tmp_path):
+    (tmp_path / "left.txt").write_text("x")
+    argv = ["--mnist-dir", "/nonexistent", "--work-dir", str(tmp_path)]
+    with pytest.raises(InputError, match=r"is not an empty folder"):
+        bench_grid.main([*argv, "-q"])
+
+
+def test_bench_grid_requires_mnist_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    with pytest.raises(InputError, match=r"--mnist-dir is missing"):
+        bench_grid.main(["--work-dir", str(tmp_path), "-q"])
+
+
+def test_bench_grid_rejects_unknown_stage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_grid.main(["--stages", "speed"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'speed'" in capsys.readouterr().err
+
+
+# Results comparison
+
+CELL = (3, "LR", 0, 100)
+OTHER_CELL = (3, "KNN(1)", 0, 100)
+
+
+def test_compare_results_equal_runs():
+    rows = {CELL: 0.5, OTHER_CELL: -0.25}
+    assert compare_results(rows, dict(rows)) == []
+
+
+@pytest.mark.parametrize(
+    "reference, candidate, expected",
+    [
+        ({CELL: 0.5}, {CELL: 0.5000000000000001}, "naive 0.5, fast 0.5000000000000001"),
+        ({CELL: 0.5, OTHER_CELL: 0.1}, {CELL: 0.5}, "missing from the fast engine's"),
+        ({CELL: 0.5}, {CELL: 0.5, OTHER_CELL: 0.1}, "missing from the naive engine's"),
+        ({CELL: math.nan}, {CELL: 0.0}, "naive nan, fast 0.0"),
+    ],
+)
+def test_compare_results_lists_differences(reference, candidate, expected):
+    differences = compare_results(reference, candidate)
+    assert len(differences) == 1
+    assert expected in differences[0]
+
+
+def test_compare_results_nan_equals_nan():
+    assert compare_results({CELL: math.nan}, {CELL: math.nan}) == []
+
+
+def test_compare_results_names_the_cell():
+    (line,) = compare_results({CELL: 0.5}, {CELL: 0.25})
+    assert line.startswith("seed 3, LR, malicious 0, dataset_len 100:")
+
+
+def test_read_results_parses_keys_and_mcc(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text(
+        "seed,model,malicious,dataset_len,mcc\n3,KNN(1),2,50,0.30000000000000004\n"
+    )
+    assert read_results(path) == {(3, "KNN(1)", 2, 50): 0.30000000000000004}
+
+
+# Timers and memory
+
+
+def test_timed_calls_records_and_restores():
+    namespace = types.SimpleNamespace(double=lambda value: 2 * value)
+    original = namespace.double
+    probe = Probe(
+        namespace, "double", "double", lambda args, kwargs, result: {"n": result}
+    )
+    with timed_calls([probe]) as records:
+        assert namespace.double(4) == 8
+    assert namespace.double is original
+    assert len(records) == 1
+    assert records[0].label == "double"
+    assert records[0].details == {"n": 8}
+    assert records[0].wall >= 0
+
+
+def test_timers_main_requires_separator(tmp_path):
+    with pytest.raises(InputError, match=r"missing '--' before the run_ml.py"):
+        timers.main([str(tmp_path / "timings.json"), "-i", "runs"])
+
+
+def test_measure_command_sees_peak_memory():
+    allocate = "import time; data = b'x' * 200_000_000; time.sleep(0.5)"
+    measurement = measure_command([sys.executable, "-c", allocate], interval=0.02)
+    assert measurement.returncode == 0
+    assert measurement.max_rss >= 200 * MB
+    assert measurement.tree_rss >= 200 * MB
+
+
+def test_measure_command_counts_child_processes():
+    child = "import time; time.sleep(0.5)"
+    parent = (
+        f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    )
+    measurement = measure_command([sys.executable, "-c", parent], interval=0.02)
+    assert measurement.returncode == 0
+    assert measurement.max_processes >= 2
+
+
+def test_measure_command_reports_exit_status():
+    measurement = measure_command([sys.executable, "-c", "raise SystemExit(3)"])
+    assert measurement.returncode == 3
+
+
+# Projection
+
+
+def test_fit_power_law_recovers_exponent():
+    sizes = [1_000, 2_000, 8_000]
+    law = fit_power_law(sizes, [0.5 * size**1.5 for size in sizes])
+    assert law.exponent == pytest.approx(1.5)
+    assert law.scale == pytest.approx(0.5)
+
+
+def test_fit_power_law_single_size_is_linear():
+    law = fit_power_law([100, 100], [1.0, 3.0])
+    assert law.exponent == 1.0
+    assert law(300) == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize(
+    "sizes, seconds, message",
+    [
+        ([], [], r"at least one"),
+        ([10, 20], [1.0], r"as many sizes as costs"),
+        ([10, 0], [1.0, 2.0], r"must be positive"),
+        ([10, 20], [1.0, -2.0], r"must be positive"),
+    ],
+)
+def test_fit_power_law_rejects_bad_points(sizes, seconds, message):
+    with pytest.raises(ValueError, match=message):
+        fit_power_law(sizes, seconds)
+
+
+def write_level(folder, level, batches):
+    level_dir = folder / str(level)
+    level_dir.mkdir(parents=True)
+    for number, lines in enumerate(batches, start=1):
+        (level_dir / f"dataset_{number:03d}.csv").write_text("".join(lines))
+
+
+def test_list_training_sets_shares_identical_prefixes(tmp_path):
+    trusted = ["1,0,0\n", "2,0,255\n"]
+    write_level(tmp_path, 0, [trusted, ["3,9,9\n"]])
+    write_level(tmp_path, 5, [trusted, ["4,9,9\n", "5,1,1\n"]])
+    training_sets = list_training_sets(tmp_path)
+
+    assert [(ts.level, ts.batch, ts.n_rows) for ts in training_sets] == [
+        (0, 1, 2),
+        (0, 2, 3),
+        (5, 1, 2),
+        (5, 2, 4),
+    ]
+    distinct = distinct_training_sets(training_sets)
+    assert [(ts.level, ts.batch) for ts in distinct] == [(0, 1), (0, 2), (5, 2)]
+
+
+def test_project_study_grid_sums_costs():
+    training_sets = [
+        TrainingSet(0, 1, 10, "trusted"),
+        TrainingSet(1, 1, 10, "trusted"),
+        TrainingSet(0, 2, 20, "level-0"),
+        TrainingSet(1, 2, 20, "level-1"),
+    ]
+    costs = MeasuredCosts(
+        fit_laws={"LR": PowerLaw(1.0, 1.0)},
+        knn_seconds=5.0,
+        loading_seconds=1.0,
+        other_share=0.5,
+        fit_speedup=2.0,
+        n_workers=2,
+        generation_seconds=3.0,
+    )
+    projection = project_study_grid(
+        training_sets, n_seeds=2, n_models=12, costs=costs, n_cpus=2
+    )
+    # Per experiment: fits 2 seeds x (10 + 20 + 20) s = 100 s, other 50 s,
+    # KNN 5 s and loading 1 s; 12 experiments.
+    assert projection.n_experiments == 12
+    assert projection.n_cells == 12 * 4 * 2 * 12
+    assert projection.fast_cpu_hours == pytest.approx(12 * 156 / 3600)
+    assert projection.fast_wall_hours == pytest.approx(12 * (56 + 50) / 3600)
+    assert projection.parts["fits"] == pytest.approx(12 * 100 / 3600)
+    assert projection.naive_cpu_hours is None
+    # 3 behaviours x 4 vote settings x 2 levels x 3 s x (16 / 4 / 3 votes).
+    assert projection.generation_hours == pytest.approx(12 * 2 * 3 * 4 / 3 / 3600)
