@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bots import BEHAVIORS
-from crowdpoison.aggregation import AGGREGATIONS
+from crowdpoison.aggregation import AGGREGATIONS, estimates_reliability
 from crowdpoison.cli import (
     ArgumentParser,
     InputError,
@@ -56,6 +56,10 @@ examples:
   # switch attack, no voting, only 0, 5 and 10 malicious bots out of 20
   python generate_datasets.py -i data/mnist/train.csv -o runs/switch-v1 \\
       --behavior switch -v 1 --levels 0 5 10
+
+  # levels in parallel on a Dask cluster (see docs/cluster.md)
+  python generate_datasets.py -i data/mnist/train.csv -o runs/random-v3 \\
+      --scheduler tcp://10.0.0.5:8786
 
   # the study's own setting: bots answer in turn
   python generate_datasets.py -i data/mnist/train.csv -o runs/rr \\
@@ -121,7 +125,9 @@ def build_parser():
         "--aggregation",
         choices=sorted(AGGREGATIONS),
         default="majority",
-        help="how votes become a label (default majority: more than half the votes)",
+        help="how votes become a label: majority (default, more than half the votes), "
+        "plurality, or the crowd-kit methods dawid-skene and mace, which estimate "
+        "each bot's reliability from its id carried with every vote",
     )
     parser.add_argument(
         "--assignment",
@@ -142,6 +148,14 @@ def build_parser():
         default=1.0,
         help="probability that a malicious bot poisons an unknown image (default 1)",
     )
+    parser.add_argument(
+        "--audit",
+        nargs="+",
+        choices=sorted(name for name in AGGREGATIONS if estimates_reliability(name)),
+        default=[],
+        help="reliability-estimating methods run on each level's votes to score "
+        "which bots they flag as malicious, stored in the manifest (default none)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="base seed (default 7)")
     parser.add_argument(
         "--levels",
@@ -161,6 +175,13 @@ def build_parser():
         type=int,
         default=1,
         help="levels simulated in parallel processes; -1 uses every core (default 1)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="simulate the levels on the Dask scheduler at ADDRESS (e.g. "
+        "tcp://10.0.0.5:8786), or on a local Dask cluster of --n-jobs worker "
+        "processes with 'local'; the output equals a local run's",
     )
     parser.add_argument(
         "--overwrite",
@@ -205,6 +226,7 @@ def params_from_args(args):
         poison_rate=args.poison_rate,
         aggregation=args.aggregation,
         max_passes=args.max_passes,
+        audit=tuple(args.audit),
     )
 
 
@@ -255,6 +277,10 @@ def main(argv=None):
             f"0..{params.n_bots} (-l {params.n_bots})"
         )
     levels = sorted(set(levels))
+    if args.scheduler:
+        from crowdpoison.dask_backend import check_scheduler
+
+        check_scheduler(args.scheduler)
 
     X, y = read_labelled_csv(args.input)
     pool_size = check_data(params, y, args.input)
@@ -274,7 +300,20 @@ def main(argv=None):
     )
 
     started = time.perf_counter()
-    results = run_levels(generation, todo, n_jobs=args.n_jobs, show=progress_enabled(args))
+    if args.scheduler:
+        from crowdpoison.dask_backend import run_levels_on_cluster
+
+        results = run_levels_on_cluster(
+            generation,
+            todo,
+            scheduler=args.scheduler,
+            n_workers=args.n_jobs,
+            show=progress_enabled(args),
+        )
+    else:
+        results = run_levels(
+            generation, todo, n_jobs=args.n_jobs, show=progress_enabled(args)
+        )
     for result in results:
         manifest["levels"][str(result["malicious"])] = result
         manifest["levels"] = dict(sorted(manifest["levels"].items(), key=lambda kv: int(kv[0])))

@@ -56,6 +56,10 @@ examples:
   python run_ml.py -i runs/random-v3 -t data/mnist/test.csv -o results/small.csv \\
       --models "KNN(1)" LR --levels 0 10 --n-jobs 2
 
+  # on a Dask cluster (see docs/cluster.md); 'local' starts one on this machine
+  python run_ml.py -i runs/random-v3 -t data/mnist/test.csv -o results/random-v3.csv \\
+      --scheduler tcp://10.0.0.5:8786
+
   # the reference engine (slow): every cell fitted from scratch
   python run_ml.py -i runs/random-v3 -t data/mnist/test.csv -o results/ref.csv \\
       --engine naive
@@ -109,6 +113,13 @@ def build_parser():
         help="worker processes; -1 uses every core, -2 all but one (default -1)",
     )
     parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the fits on the Dask scheduler at ADDRESS (e.g. "
+        "tcp://10.0.0.5:8786), or on a local Dask cluster of --n-jobs worker "
+        "processes with 'local'; see docs/cluster.md",
+    )
+    parser.add_argument(
         "--engine",
         choices=ENGINES,
         default="fast",
@@ -159,6 +170,10 @@ def main(argv=None):
     models = check_models(args.models)
     seeds = tuple(sorted(set(args.seeds)))
     check_n_jobs(args.n_jobs)
+    if args.scheduler:
+        from crowdpoison.dask_backend import check_scheduler
+
+        check_scheduler(args.scheduler)
     levels = select_levels(discover_levels(args.input), args.levels)
     if not args.test.is_file():
         raise InputError(f"test CSV {args.test} (-t) not found; pass an existing file")
@@ -215,7 +230,14 @@ def main(argv=None):
     write_sidecar(args.output, parameters, generation_info(args.input))
     writer = ResultsWriter(args.output, existing)
     try:
-        run_grid(config, writer, X_test, y_test)
+        if args.scheduler:
+            from crowdpoison.dask_backend import run_grid_on_cluster
+
+            run_grid_on_cluster(
+                config, writer, X_test, y_test, scheduler=args.scheduler
+            )
+        else:
+            run_grid(config, writer, X_test, y_test)
     finally:
         writer.close()
     writer.finish()
