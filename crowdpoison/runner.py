@@ -43,6 +43,13 @@ logger = logging.getLogger(__name__)
 ENGINES = ("fast", "naive")
 # Members fitted as tasks; KNN(3), the fourth member, comes from the search.
 FITTED_MEMBERS = tuple(name for name in VOTING_MEMBERS if not is_knn(name))
+# Levels whose fits the fast engine sends to the executor together. Each level in
+# a round keeps its training set in the executor (a file per level for loky, a
+# copy on every worker for Dask) until the round ends.
+LEVELS_PER_ROUND = 4
+# Rough relative cost of one fit per training row, used only to start the longest
+# fits of a round first. The order of the tasks never changes a result.
+FIT_COST = {"LR": 25, "SVM": 22, "DT": 4, "ANN": 8, "RF": 9}
 
 
 @dataclass
@@ -331,13 +338,21 @@ def _batches(level, X, y):
 
 
 class FastEngine(_GridRun):
-    """Compute each piece of work once; see the module docstring."""
+    """Compute each piece of work once; see the module docstring.
+
+    Levels run in rounds of :data:`LEVELS_PER_ROUND`. The fits of every level of a
+    round go to the executor together, the longest first. Workers then never wait
+    for the last fit of one level before the next level starts.
+    """
 
     def __init__(self, config, writer, X_test, y_test, executor):
         super().__init__(config, writer, X_test, y_test)
         self.executor = executor
         # (training sha256, seed or None for KNN) -> {model: mcc}
         self.cache = {}
+        # (training sha256, seed, model) -> result keys of other levels that wait
+        # for a fit already submitted in this round
+        self.followers = {}
         self.neighbors = SharedNeighbors(
             X_test,
             cache_dir=config.cache_dir,
@@ -349,9 +364,11 @@ class FastEngine(_GridRun):
     def run(self):
         X_test_ref = self.executor.share(self.X_test)
         y_test_ref = self.executor.share(self.y_test)
+        levels = list(self.config.levels)
         try:
-            for level in self.config.levels:
-                self._run_level(level, X_test_ref, y_test_ref)
+            for start in range(0, len(levels), LEVELS_PER_ROUND):
+                round_levels = levels[start : start + LEVELS_PER_ROUND]
+                self._run_round(round_levels, X_test_ref, y_test_ref)
         finally:
             self.executor.release(X_test_ref)
             self.executor.release(y_test_ref)
@@ -369,14 +386,39 @@ class FastEngine(_GridRun):
             for model in MODELS
         }
 
-    def _run_level(self, level, X_test_ref, y_test_ref):
+    def _run_round(self, levels, X_test_ref, y_test_ref):
+        tasks, voting, shared = [], {}, []
+        try:
+            for level in levels:
+                refs = self._prepare_level(level, X_test_ref, y_test_ref, tasks, voting)
+                shared.extend(refs)
+            # The longest fits first; tags are indices so that loky sends only
+            # an integer back and forth with each task.
+            tasks.sort(key=_task_cost, reverse=True)
+            contexts = [tag for tag, _, _ in tasks]
+            indexed = [
+                (i, function, kwargs) for i, (_, function, kwargs) in enumerate(tasks)
+            ]
+            for i, outcome in self.executor.run(indexed):
+                level, batch, seed, model = contexts[i]
+                self._take_fit(level, batch, seed, model, outcome, voting)
+        finally:
+            for ref in shared:
+                self.executor.release(ref)
+        self.followers.clear()
+
+    def _prepare_level(self, level, X_test_ref, y_test_ref, tasks, voting):
+        """Write the KNN rows of a level and append its fits to ``tasks``.
+
+        Returns the handles of the arrays shared for the fits.
+        """
         lengths = set(level.dataset_lengths())
         todo = [key for key in self.pending if key[2] == level.malicious]
         if not todo:
             logger.info(
                 "level %d: every row is already in the results", level.malicious
             )
-            return
+            return []
         logger.info(
             "level %d: %d rows to compute over %d training sets",
             level.malicious,
@@ -394,9 +436,8 @@ class FastEngine(_GridRun):
         batches = _batches(level, X, y)
         self._remember_existing(level, batches)
 
-        X_ref, y_ref = self.executor.share(X), self.executor.share(y)
+        X_ref, y_ref = None, None
         level_neighbors = None
-        tasks, voting = [], {}
         for batch in batches:
             needed = self._needed(level, batch)
             if not needed:
@@ -419,7 +460,12 @@ class FastEngine(_GridRun):
                 }
                 if seed in vf_seeds:
                     fitted.update(FITTED_MEMBERS)
-                    voting[(batch.number, seed)] = {"KNN(3)": knn.get("KNN(3)")}
+                    members = {"KNN(3)": knn.get("KNN(3)")}
+                    voting[(level.malicious, batch.number, seed)] = members
+                    for name in ("VF(hard)", "VF(soft)"):
+                        self.followers.setdefault((batch.digest, seed, name), [])
+                if fitted and X_ref is None:
+                    X_ref, y_ref = self.executor.share(X), self.executor.share(y)
                 for model in sorted(fitted, key=MODEL_INDEX.get):
                     kwargs = {
                         "model": model,
@@ -431,15 +477,9 @@ class FastEngine(_GridRun):
                         "y_test": y_test_ref,
                         "keep_outputs": seed in vf_seeds and model in FITTED_MEMBERS,
                     }
-                    tasks.append(((batch, seed, model), fit_and_score, kwargs))
-        del X, y
-
-        try:
-            for (batch, seed, model), outcome in self.executor.run(tasks):
-                self._take_fit(level, batch, seed, model, outcome, voting)
-        finally:
-            self.executor.release(X_ref)
-            self.executor.release(y_ref)
+                    self.followers.setdefault((batch.digest, seed, model), [])
+                    tasks.append(((level, batch, seed, model), fit_and_score, kwargs))
+        return [ref for ref in (X_ref, y_ref) if ref is not None]
 
     def _remember_existing(self, level, batches):
         """Cache the rows already in the file under their training set's digest."""
@@ -453,7 +493,9 @@ class FastEngine(_GridRun):
     def _needed(self, level, batch):
         """Return the (seed, model) pairs of a batch that have no row yet.
 
-        Pairs whose training set was fitted at another level get their row now.
+        Pairs whose training set was fitted at another level get their row now,
+        and pairs whose training set is being fitted in this round get it when
+        that fit returns.
         """
         needed, reused = set(), {}
         for (seed, model), key in self._level_keys(level, batch).items():
@@ -461,10 +503,14 @@ class FastEngine(_GridRun):
                 continue
             slot = (batch.digest, None if is_knn(model) else seed)
             mcc = self.cache.get(slot, {}).get(model)
-            if mcc is None:
-                needed.add((seed, model))
-            else:
+            waiting = self.followers.get((batch.digest, seed, model))
+            if mcc is not None:
                 reused[key] = mcc
+            elif waiting is not None:
+                waiting.append(key)
+                self.n_reused += 1
+            else:
+                needed.add((seed, model))
         if reused:
             logger.debug(
                 "level %d, batch %d: %d rows reused from an identical training set",
@@ -506,31 +552,40 @@ class FastEngine(_GridRun):
         self.write(rows)
         return outputs
 
+    def _record(self, batch, seed, model, key, mcc):
+        """Write the row of ``key`` and of the keys that wait for the same fit."""
+        self.cache.setdefault((batch.digest, seed), {})[model] = mcc
+        waiting = self.followers.pop((batch.digest, seed, model), [])
+        self.write(dict.fromkeys([key, *waiting], mcc))
+
+    def _give_up(self, batch, seed, model, key, reason):
+        waiting = self.followers.pop((batch.digest, seed, model), [])
+        self.drop([key, *waiting], reason)
+
     def _take_fit(self, level, batch, seed, model, outcome, voting):
         where = f"level {level.malicious}, batch {batch.number}, seed {seed}"
         keys = self._level_keys(level, batch)
         self.check_outcome(where, model, outcome)
-        members = voting.get((batch.number, seed))
+        members = voting.get((level.malicious, batch.number, seed))
         if outcome.error is not None:
-            self.drop(
-                [keys[(seed, model)]], f"{where}: {model} failed: {outcome.error}"
-            )
+            reason = f"{where}: {model} failed: {outcome.error}"
+            self._give_up(batch, seed, model, keys[(seed, model)], reason)
             if members is not None and model in FITTED_MEMBERS:
                 members[model] = None
         else:
-            self.cache.setdefault((batch.digest, seed), {})[model] = outcome.mcc
-            self.write({keys[(seed, model)]: outcome.mcc})
+            self._record(batch, seed, model, keys[(seed, model)], outcome.mcc)
             if members is not None and model in FITTED_MEMBERS:
                 members[model] = (outcome.predictions, outcome.proba)
         if members is not None and len(members) == len(VOTING_MEMBERS):
-            del voting[(batch.number, seed)]
+            del voting[(level.malicious, batch.number, seed)]
             self._vote(where, batch, seed, keys, members)
 
     def _vote(self, where, batch, seed, keys, members):
-        vf_keys = [keys[(seed, name)] for name in ("VF(hard)", "VF(soft)")]
         failed = [name for name in VOTING_MEMBERS if members.get(name) is None]
         if failed:
-            self.drop(vf_keys, f"{where}: voting member {', '.join(failed)} failed")
+            reason = f"{where}: voting member {', '.join(failed)} failed"
+            for name in ("VF(hard)", "VF(soft)"):
+                self._give_up(batch, seed, name, keys[(seed, name)], reason)
             return
         classes = batch.classes
         predictions = [members[name][0] for name in VOTING_MEMBERS]
@@ -539,14 +594,11 @@ class FastEngine(_GridRun):
             "VF(hard)": hard_vote(predictions, classes),
             "VF(soft)": soft_vote(probas, classes)[0],
         }
-        rows = {}
         for name, vote in results.items():
             mcc, n_classes = score(self.y_test, vote)
             outcome = FitOutcome(mcc=mcc, n_predicted_classes=n_classes)
             self.check_outcome(where, name, outcome)
-            self.cache.setdefault((batch.digest, seed), {})[name] = mcc
-            rows[keys[(seed, name)]] = mcc
-        self.write(rows)
+            self._record(batch, seed, name, keys[(seed, name)], mcc)
 
 
 class NaiveEngine(_GridRun):
@@ -595,6 +647,11 @@ class NaiveEngine(_GridRun):
                 self.drop([key], f"{where}: {model} failed: {outcome.error}")
             else:
                 self.write({key: outcome.mcc})
+
+
+def _task_cost(task):
+    (_, batch, _, model), _, _ = task
+    return FIT_COST[model] * batch.n_rows
 
 
 def run_grid(config, writer, X_test, y_test):

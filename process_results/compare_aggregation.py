@@ -10,10 +10,11 @@ Usage::
 Each run is a generation folder with a ``manifest.json`` (or the manifest file
 itself). The top panel shows the share of poisoned labels among the accepted
 ones (``poisoned / accepted`` per level) against the share of malicious users,
-one line per (aggregation method, behaviour). Runs with the same pair, such as
-runs with different seeds, are drawn as their mean with a band from their minimum
-to their maximum. A manifest without ``parameters.aggregation`` used majority
-voting.
+one line per (aggregation method, behaviour). When the runs also differ in other
+generation parameters, such as ``assignment`` or ``n_votes``, those parameters
+split the lines too and appear in the legend. Runs that differ only in their seed
+are drawn as their mean with a band from their minimum to their maximum. A
+manifest without ``parameters.aggregation`` used majority voting.
 
 With ``--results`` and ``--model``, a second panel shows that model's MCC on the
 largest training set, aggregated over seeds with ``--agg``, one line per results
@@ -175,8 +176,9 @@ def poisoned_shares(manifest, source):
 def load_runs(runs):
     """Read the manifests of the runs; return one dict per run.
 
-    Each dict has the keys ``path`` (the manifest), ``aggregation``, ``behavior``
-    and ``shares`` (a DataFrame of `poisoned_shares`).
+    Each dict has the keys ``path`` (the manifest), ``aggregation``, ``behavior``,
+    ``group`` (see `assign_groups`) and ``shares`` (a DataFrame of
+    `poisoned_shares`).
     """
     loaded = []
     for run_path in runs:
@@ -189,18 +191,44 @@ def load_runs(runs):
                 "aggregation": parameters.get("aggregation")
                 or DEFAULT_AGGREGATION_METHOD,
                 "behavior": parameters.get("behavior") or "unknown behaviour",
+                "parameters": parameters,
                 "shares": poisoned_shares(manifest, path),
             }
         )
+    assign_groups(loaded)
     return loaded
 
 
+def assign_groups(loaded):
+    """Set each run's ``group``: its aggregation, behaviour and distinct parameters.
+
+    A generation parameter other than the seed and the simulated levels joins the
+    group as ``name=value`` when its value differs between the runs, so that, for
+    example, round-robin and random assignment get separate lines.
+    """
+    ignored = {"aggregation", "behavior", "seed", "levels", "audit"}
+    names = sorted({name for entry in loaded for name in entry["parameters"]} - ignored)
+    varying = [
+        name
+        for name in names
+        if len({_text(entry["parameters"].get(name)) for entry in loaded}) > 1
+    ]
+    for entry in loaded:
+        extra = [f"{name}={_text(entry['parameters'].get(name))}" for name in varying]
+        entry["group"] = (entry["aggregation"], entry["behavior"], *extra)
+
+
+def _text(value):
+    if isinstance(value, dict):
+        return ",".join(f"{key}:{value[key]}" for key in sorted(value))
+    return str(value)
+
+
 def group_runs(loaded):
-    """Group runs by (aggregation, behaviour); return mean, min and max per group."""
+    """Group runs by their ``group``; return mean, min and max per group."""
     groups = {}
     for entry in loaded:
-        key = (entry["aggregation"], entry["behavior"])
-        groups.setdefault(key, []).append(entry["shares"])
+        groups.setdefault(entry["group"], []).append(entry["shares"])
     summaries = {}
     for key, frames in groups.items():
         combined = pd.concat(frames).groupby("malicious_share")["poisoned_share"]
@@ -215,15 +243,15 @@ def group_runs(loaded):
 def results_label(text, path, context, runs):
     """Return the legend label of a results file and its run's group, or None.
 
-    The group is the (aggregation, behaviour) pair of the run whose manifest the
-    results sidecar names, so that its line gets the colour of that run.
+    The group is the ``group`` of the run whose manifest the results sidecar
+    names, so that its line gets the colour of that run.
     """
     group = None
     named = context.manifest_path
     if named is not None:
         for entry in runs:
             if Path(named).resolve() == entry["path"]:
-                group = (entry["aggregation"], entry["behavior"])
+                group = entry["group"]
     if "=" in text and not Path(text).exists():
         return parse_labelled_path(text)[0], group
     if group is not None:
@@ -284,11 +312,9 @@ def group_colors(groups, n_results):
 
 
 def plot_poisoned_panel(ax, summaries, colors):
-    """Draw the poisoned share of each (aggregation, behaviour) group."""
-    for index, ((aggregation, behavior), (summary, n_runs)) in enumerate(
-        sorted(summaries.items())
-    ):
-        label = f"{aggregation}, {behavior}"
+    """Draw the poisoned share of each group of runs."""
+    for index, (group, (summary, n_runs)) in enumerate(sorted(summaries.items())):
+        label = ", ".join(group)
         if n_runs > 1:
             label += f" ({n_runs} runs)"
         line = ax.plot(
@@ -296,7 +322,7 @@ def plot_poisoned_panel(ax, summaries, colors):
             summary["mean"],
             marker=MARKERS[index % len(MARKERS)],
             markersize=4,
-            color=colors[(aggregation, behavior)],
+            color=colors[group],
             label=label,
         )[0]
         if n_runs > 1:
@@ -312,7 +338,10 @@ def plot_poisoned_panel(ax, summaries, colors):
     ax.yaxis.set_major_formatter(percent_formatter())
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(title="Aggregation, behaviour", fontsize=8, title_fontsize=8)
+    title = "Aggregation, behaviour"
+    if any(len(group) > 2 for group in summaries):
+        title += ", parameters that differ"
+    ax.legend(title=title, fontsize=8, title_fontsize=8)
 
 
 def plot_mcc_panel(ax, curves, colors, spare_colors, *, model, agg, threshold):

@@ -43,7 +43,9 @@ def write_results(path, *, models=("LR", "RF"), sidecar=None):
     return path
 
 
-def write_manifest(folder, *, aggregation=None, behavior="switch", scale=1.0):
+def write_manifest(
+    folder, *, aggregation=None, behavior="switch", scale=1.0, **parameters
+):
     """Write a generation manifest for N_BOTS bots with 100 trusted rows."""
     folder.mkdir(parents=True, exist_ok=True)
     levels = {}
@@ -61,7 +63,7 @@ def write_manifest(folder, *, aggregation=None, behavior="switch", scale=1.0):
             "poisoned": poisoned,
             "batches": batches,
         }
-    parameters = {"n_bots": N_BOTS, "behavior": behavior}
+    parameters = {"n_bots": N_BOTS, "behavior": behavior, **parameters}
     if aggregation is not None:
         parameters["aggregation"] = aggregation
     manifest = {
@@ -197,7 +199,7 @@ def test_merge_results_labels(tmp_path):
     assert len(rows) == 2 * per_file
     assert list(rows[0]) == [*RESULT_COLUMNS, "attack"]
     assert {row["model"] for row in rows} == {"LR"}
-    assert [row["attack"] for row in rows[:: per_file]] == ["random", "res_switch"]
+    assert [row["attack"] for row in rows[::per_file]] == ["random", "res_switch"]
     assert float(rows[0]["mcc"]) == synthetic_mcc("LR", 0, 100, SEEDS[0])
 
 
@@ -302,6 +304,23 @@ def test_compare_aggregation_group_shares(tmp_path):
     assert last["malicious_share"] == 1.0
     assert last["mean"] == pytest.approx(1.2)
     assert last["min"] == pytest.approx(0.8)
+
+
+def test_compare_aggregation_splits_differing_parameters(tmp_path):
+    runs = compare_aggregation.load_runs(
+        [
+            write_manifest(tmp_path / "a", assignment="random", seed=1),
+            write_manifest(tmp_path / "b", assignment="random", seed=2),
+            write_manifest(tmp_path / "c", assignment="round-robin", seed=1),
+        ]
+    )
+    groups = compare_aggregation.group_runs(runs)
+    assert set(groups) == {
+        ("majority", "switch", "assignment=random"),
+        ("majority", "switch", "assignment=round-robin"),
+    }
+    assert groups[("majority", "switch", "assignment=random")][1] == 2
+    assert groups[("majority", "switch", "assignment=round-robin")][1] == 1
 
 
 def test_compare_aggregation_mcc_panel(tmp_path):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from sklearn.metrics import matthews_corrcoef
 from sklearn.neighbors import KNeighborsClassifier
 
 import run_ml
+from crowdpoison import runner
 from crowdpoison.cli import run
 from crowdpoison.csvio import write_labelled_csv
 from crowdpoison.idx import read_idx_pair
@@ -423,3 +425,46 @@ def test_run_ml_warns_single_class_prediction(tiny, tmp_path, caplog):
     assert "KNN(1) predicts a single class" in caplog.text
     assert "LR failed" in caplog.text
     assert _lines(output)[1:] == ["3,KNN(1),0,3,0.0"]
+
+
+def test_run_ml_fits_shared_batch_once(tiny, tmp_path, monkeypatch):
+    # Batch 1 (the 45 trusted rows) is the same at levels 0, 3 and 6, which run
+    # in one round, so each seed fits it once and writes its row at every level.
+    calls = Counter()
+    fit_and_score = runner.fit_and_score
+
+    def counting_fit(**kwargs):
+        calls[(kwargs["model"], kwargs["seed"], kwargs["n_rows"])] += 1
+        return fit_and_score(**kwargs)
+
+    monkeypatch.setattr(runner, "fit_and_score", counting_fit)
+    output = tmp_path / "out.csv"
+    argv = _argv(tiny, output, "--models", "DT", "--seeds", "3", "7", "--n-jobs", "1")
+    assert _exit_code(argv) == 0
+    assert calls[("DT", 3, 45)] == 1
+    assert calls[("DT", 7, 45)] == 1
+    # The other two batches differ between levels: 2 seeds x 3 levels x 2 fits.
+    assert sum(calls.values()) == 2 + 12
+    rows = [row.split(",") for row in _lines(output)[1:]]
+    batch_1 = [row for row in rows if row[3] == "45"]
+    assert len(batch_1) == 6
+    assert len({row[4] for row in batch_1 if row[0] == "3"}) == 1
+
+
+def test_run_ml_shared_failed_fit_drops_every_level(tiny, tmp_path, caplog):
+    data = tmp_path / "data"
+    X = np.zeros((3, 784), dtype=np.uint8)
+    X[:, 0] = [0, 1, 2]
+    for level in (0, 1):
+        folder = data / "gen" / str(level)
+        folder.mkdir(parents=True)
+        write_labelled_csv(folder / "dataset_001.csv", X, [4, 4, 4])
+    (data / "test.csv").symlink_to(tiny / "test.csv")
+    output = tmp_path / "out.csv"
+    argv = _argv(data, output, "--models", "KNN(1)", "LR", "VF(hard)", "--seeds", "3")
+    argv.remove("--quiet")
+    with caplog.at_level(logging.WARNING):
+        assert _exit_code(argv) == 0
+    assert caplog.text.count(": LR failed:") == 1
+    assert caplog.text.count("voting member LR") == 1
+    assert _lines(output)[1:] == ["3,KNN(1),0,3,0.0", "3,KNN(1),1,3,0.0"]
