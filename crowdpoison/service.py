@@ -110,9 +110,15 @@ class Dataset:
             raise ValueError(f"base must lie in (0, 1], got {base}")
         if not 0 < step <= 1:
             raise ValueError(f"step must lie in (0, 1], got {step}")
-        for name, value in (("n_left", n_left), ("n_right", n_right), ("n_votes", n_votes)):
+        for name, value in (
+            ("n_left", n_left),
+            ("n_right", n_right),
+            ("n_votes", n_votes),
+        ):
             if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer of at least 1, got {value}")
+                raise ValueError(
+                    f"{name} must be an integer of at least 1, got {value}"
+                )
 
         self.n_rows = labels.size
         self.n_trusted = trusted_row_count(self.n_rows, base)
@@ -240,9 +246,11 @@ class Dataset:
             if not known_ok:
                 self.counts.rejected += 1
                 return False
+            record_vote = self._record_vote
             for row, label in zip(right, answers[n_left:]):
-                self._record_vote(row - offset, bot, int(label))
-            self._maybe_finish()
+                record_vote(row - offset, bot, int(label))
+            if self._held or self._n_pending == 0:
+                self._maybe_finish()
             return True
 
     def flush(self):
@@ -284,24 +292,34 @@ class Dataset:
     def _next_pool_images(self):
         """Advance the round-robin cursor and collect up to n_right images."""
         chosen = []
+        if self._n_pending == 0:
+            return chosen
+        # Local names: this loop runs once per served image.
+        offset, n_votes, n_right = self.n_trusted, self.n_votes, self.n_right
+        accepted, votes, outstanding = self._accepted, self._votes, self._outstanding
+        held = self._held_set
+        order, cursor = self._pass_order, self._cursor
         seen_wrap = False
-        while len(chosen) < self.n_right and self._n_pending > 0:
-            if self._cursor >= len(self._pass_order):
+        while len(chosen) < n_right:
+            if cursor >= len(order):
                 if seen_wrap:
                     break
                 seen_wrap = True
+                self._cursor = cursor
                 self._start_new_pass()
-                if not self._pass_order:
+                order, cursor = self._pass_order, self._cursor
+                if not order:
                     break
-            index = self._pass_order[self._cursor]
-            if index + self.n_trusted in chosen:
+            index = order[cursor]
+            if index + offset in chosen:
                 break
-            self._cursor += 1
-            if self._accepted[index] >= 0 or index in self._held_set:
+            cursor += 1
+            if accepted[index] >= 0 or index in held:
                 continue
-            if len(self._votes[index]) + self._outstanding[index] >= self.n_votes:
+            if len(votes[index]) + outstanding[index] >= n_votes:
                 continue
-            chosen.append(index + self.n_trusted)
+            chosen.append(index + offset)
+        self._cursor = cursor
         return chosen
 
     def _start_new_pass(self):
@@ -312,18 +330,21 @@ class Dataset:
     def _record_vote(self, index, bot, label):
         votes = self._votes[index]
         votes.append((bot, label))
-        self.counts.votes += 1
+        counts = self.counts
+        counts.votes += 1
         if self.keep_votes:
             self._vote_log.append(
                 (index + self.n_trusted, -1 if bot is None else bot, label)
             )
-        if len(votes) < self.n_votes:
+        n_votes = self.n_votes
+        if len(votes) < n_votes:
             return
-        if self.aggregation.online:
-            decided = self.aggregation.decide([vote[1] for vote in votes], self.n_votes)
+        aggregation = self.aggregation
+        if aggregation.online:
+            decided = aggregation.decide([vote[1] for vote in votes], n_votes)
             if decided is None:
                 votes.clear()
-                self.counts.discarded_rounds += 1
+                counts.discarded_rounds += 1
             else:
                 self._accept(index, decided)
         else:
