@@ -459,7 +459,7 @@ class DaskExecutor:
         self._current.clear()
         if self.n_tasks:
             logger.info(
-                "Dask: %d tasks, %.1f s of task time on the workers, %.1f s from "
+                "Dask: %d tasks, %.3f s of task time on the workers, %.3f s from "
                 "submission to the last result",
                 self.n_tasks,
                 self.task_seconds,

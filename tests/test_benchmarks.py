@@ -1,19 +1,22 @@
-"""Tests of the grid benchmark: a smoke run on tiny sizes and its building blocks.
+"""Tests of the benchmarks: smoke runs on tiny sizes and their building blocks.
 
-The smoke run checks that every stage runs and reports its targets, and that the
-correctness targets pass. It never checks a timing, because the speed targets
-are set for the default sizes.
+The grid benchmark's smoke run checks that every stage runs and reports its
+targets, and that the correctness targets pass. The Dask benchmark's smoke run
+checks that its three runs write identical results and that its clusters stop.
+Neither checks a timing, because the figures are meaningful only at the default
+sizes.
 """
 
 import json
 import math
+import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_grid, timers
+from benchmarks import bench_dask, bench_grid, timers
 from benchmarks.projection import (
     MeasuredCosts,
     PowerLaw,
@@ -282,3 +285,157 @@ def test_project_study_grid_sums_costs():
     assert projection.naive_cpu_hours is None
     # 3 behaviours x 4 vote settings x 2 levels x 3 s x (16 / 4 / 3 votes).
     assert projection.generation_hours == pytest.approx(12 * 2 * 3 * 4 / 3 / 3600)
+
+
+# The Dask benchmark
+
+needs_dask = pytest.mark.skipif(
+    not bench_dask.DASK_COMMAND.is_file(),
+    reason=f"the dask command {bench_dask.DASK_COMMAND} is missing",
+)
+# The hex form of 127.0.0.1 and ::1 in /proc/net/tcp and tcp6.
+LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000"}
+TCP_LISTEN = "0A"
+
+
+def _processes_mentioning(text):
+    """Return the ids of the processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _live_processes(process_groups):
+    """Return the /proc folders of the processes in these groups, zombies aside."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The fields after the command name start with the state, ppid and pgrp.
+        state, _, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) in process_groups and state != "Z":
+            found.append(entry)
+    return found
+
+
+def _listening_hosts(process_groups):
+    """Return the hex local address of each TCP socket listening in the groups."""
+    inodes = set()
+    for entry in _live_processes(process_groups):
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+    hosts = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == TCP_LISTEN and fields[9] in inodes:
+                hosts.append(fields[1].split(":")[0])
+    return hosts
+
+
+@needs_dask
+def test_bench_dask_quick_run(mnist_dir, tmp_path, capsys):
+    work_dir = tmp_path / "work"
+    report_path = tmp_path / "bench-dask.json"
+    argv = ["--quick", "--mnist-dir", str(mnist_dir), "--work-dir", str(work_dir)]
+    status = bench_dask.main([*argv, "--json", str(report_path), "--quiet"])
+    output = capsys.readouterr().out
+
+    assert status == 0
+    report = json.loads(report_path.read_text())
+    assert report["identical"] is True
+    runs = report["runs"]
+    assert [run["name"] for run in runs] == ["local", "cluster-1", "cluster-2"]
+    assert [run["workers"] for run in runs] == [0, 1, 2]
+    local = runs[0]
+    assert local["n_tasks"] > 0
+    for run in runs[1:]:
+        assert run["identical"] is True
+        assert run["cluster_stopped_cleanly"] is True
+        assert run["scheduler"].startswith("tcp://127.0.0.1:")
+        # One Dask task per fit of the local run.
+        assert run["n_tasks"] == local["n_tasks"]
+        n, task, elapsed = run["n_tasks"], run["task_seconds"], run["run_seconds"]
+        assert run["speedup"] == pytest.approx(local["wall"] / run["wall"])
+        assert run["overhead_per_task"] == pytest.approx((elapsed - task) / n)
+        workers = run["workers"]
+        assert run["idle_per_task"] == pytest.approx((workers * elapsed - task) / n)
+    reference = (work_dir / "results" / "local.csv").read_bytes()
+    assert (work_dir / "results" / "cluster-2.csv").read_bytes() == reference
+    for title in (
+        "local reference",
+        "cluster of 1 worker process (",
+        "cluster of 2 worker processes",
+        "summary",
+    ):
+        assert f"== {title}" in output
+    assert "results: byte-identical to the local reference" in output
+    assert "(2 R - T) / N = " in output
+    assert _processes_mentioning(str(work_dir / "clusters")) == []
+
+
+@needs_dask
+def test_command_cluster_loopback_and_interrupt(tmp_path):
+    cluster = bench_dask.CommandCluster(tmp_path / "cluster", 1)
+    with pytest.raises(KeyboardInterrupt), cluster:
+        assert cluster.address.startswith("tcp://127.0.0.1:")
+        hosts = _listening_hosts(set(cluster.pids.values()))
+        # The scheduler's and the worker's TCP and HTTP servers, and the nanny's.
+        assert len(hosts) >= 5
+        assert set(hosts) <= LOOPBACK_HEX
+        raise KeyboardInterrupt
+    assert set(cluster.pids) == {"scheduler", "worker"}
+    # A killed helper may stay a zombie until init reaps it.
+    assert _live_processes(set(cluster.pids.values())) == []
+    assert cluster.stopped_cleanly is True
+
+
+def test_parse_task_line_takes_the_last():
+    line = (
+        "INFO crowdpoison.dask_backend: Dask: {} tasks, {} s of task time on the "
+        "workers, {} s from submission to the last result\n"
+    )
+    text = (
+        "progress\r" + line.format(3, "1.5", "2.0") + line.format(35, "99.9", "120.4")
+    )
+    assert bench_dask.parse_task_line(text) == (35, 99.9, 120.4)
+    assert bench_dask.parse_task_line("no such line") is None
+
+
+def test_first_difference_names_the_line(tmp_path):
+    reference, candidate = tmp_path / "reference.csv", tmp_path / "candidate.csv"
+    reference.write_text("header\n3,LR,0,10,0.5\n")
+    candidate.write_text("header\n3,LR,0,10,0.25\n")
+    assert bench_dask.first_difference(reference, reference) is None
+    assert bench_dask.first_difference(reference, candidate).startswith("line 2: ")
+    candidate.write_text("header\n")
+    assert (
+        bench_dask.first_difference(reference, candidate) == "line count 1 instead of 2"
+    )
+
+
+def test_bench_dask_requires_mnist_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    with pytest.raises(InputError, match=r"--mnist-dir is missing"):
+        bench_dask.main(["--work-dir", str(tmp_path), "-q"])
+
+
+def test_bench_dask_rejects_unknown_model(tmp_path):
+    argv = ["--mnist-dir", "/nonexistent", "--work-dir", str(tmp_path)]
+    with pytest.raises(InputError, match=r"--models: unknown model 'KNN\(2\)'"):
+        bench_dask.main([*argv, "--models", "KNN(2)", "-q"])
