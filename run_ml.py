@@ -37,6 +37,7 @@ from crowdpoison.resultsfile import (
     prepare_output,
     read_existing_rows,
     remove_output,
+    sidecar_path,
     write_sidecar,
 )
 from crowdpoison.runner import ENGINES, GridConfig, grid_keys, run_grid
@@ -44,6 +45,8 @@ from crowdpoison.runner import ENGINES, GridConfig, grid_keys, run_grid
 logger = logging.getLogger("run_ml")
 
 DEFAULT_SEEDS = (3, 7, 11)
+# Largest random_state that scikit-learn's estimators accept.
+MAX_SEED = 2**32 - 1
 
 EPILOG = f"""\
 models: {" ".join(MODEL_NAMES)}
@@ -95,10 +98,10 @@ def build_parser():
     )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=model_seed,
         nargs="+",
         default=list(DEFAULT_SEEDS),
-        help="random_state of the models, integers (default 3 7 11)",
+        help="random_state of the models, integers in 0..2**32-1 (default 3 7 11)",
     )
     parser.add_argument(
         "--levels",
@@ -139,6 +142,20 @@ def build_parser():
     )
     add_logging_flags(parser)
     return parser
+
+
+def model_seed(text):
+    """Parse a ``random_state`` that every scikit-learn estimator accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: expected an integer in 0..{MAX_SEED}, the range "
+            "of scikit-learn's random_state"
+        )
+    return value
 
 
 def check_models(names):
@@ -238,10 +255,26 @@ def main(argv=None):
             )
         else:
             run_grid(config, writer, X_test, y_test)
+    except InputError:
+        # Invalid data found part-way: a results file started by this run would
+        # hold rows of data that is about to change, so it goes. An interruption
+        # keeps it, for resuming.
+        writer.close()
+        if not resume:
+            for path in (args.output, sidecar_path(args.output)):
+                Path(path).unlink(missing_ok=True)
+        raise
     finally:
         writer.close()
     writer.finish()
     logger.info("wrote %d rows to %s", len(writer.rows), args.output)
+    missing = len(keys) - len(writer.rows)
+    if missing:
+        logger.warning(
+            "%d of the %d rows of the grid have no result; the warnings above say why",
+            missing,
+            len(keys),
+        )
     return 0
 
 

@@ -28,6 +28,7 @@ Every task runs with BLAS and OpenMP limited to one thread, as with the local
 executor, so a cluster writes the same bytes as ``--n-jobs 1``.
 """
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from distributed import Client, Future, KilledWorker, LocalCluster, as_completed
 from distributed.client import FutureCancelledError
+from distributed.comm import connect
 from distributed.comm.addressing import parse_address, parse_host_port
 from distributed.comm.registry import get_backend
 from tqdm import tqdm
@@ -55,6 +57,8 @@ LOCAL = "local"
 # Seconds to wait for the scheduler to respond, and for a first worker to join it.
 CONNECT_TIMEOUT = 5
 WORKER_TIMEOUT = 60
+# Seconds a scheduler has to respond to its identity request once connected.
+IDENTITY_TIMEOUT = 3
 # Packages whose source must be the same on the client and on every worker.
 SOURCE_PACKAGES = ("crowdpoison", "bots")
 EXAMPLE_ADDRESS = "tcp://10.0.0.5:8786"
@@ -100,15 +104,46 @@ def _check_address(address):
 
 def _connect(address):
     _check_address(address)
+    _identify_scheduler(address)
     try:
         return Client(address, timeout=f"{CONNECT_TIMEOUT}s", set_as_default=False)
     except OSError:
-        raise InputError(
-            f"--scheduler {address}: connecting to a Dask scheduler timed out "
-            f"after {CONNECT_TIMEOUT} s; start one with 'dask scheduler' on that "
-            "machine and pass the address it prints (see docs/cluster.md), or "
-            f"pass --scheduler {LOCAL}"
-        ) from None
+        raise _unreachable_error(address) from None
+
+
+def _unreachable_error(address):
+    deadline = CONNECT_TIMEOUT + IDENTITY_TIMEOUT
+    return InputError(
+        f"--scheduler {address}: no Dask scheduler responded within {deadline} s "
+        "(nothing listens there, or another program does); start one with 'dask "
+        "scheduler' on that machine and pass the address it prints (see "
+        f"docs/cluster.md), or pass --scheduler {LOCAL}"
+    )
+
+
+def _identify_scheduler(address):
+    """Check that a Dask scheduler responds at ``address`` within a few seconds.
+
+    A ``Client`` pointed at a port where another kind of server listens waits
+    for a reply that never comes (distributed 2026.8.0), so this sends the
+    scheduler's ``identity`` request first, with a deadline.
+    """
+
+    async def identity():
+        comm = await connect(address, timeout=CONNECT_TIMEOUT)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    deadline = CONNECT_TIMEOUT + IDENTITY_TIMEOUT
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), deadline))
+    except (OSError, TimeoutError):
+        reply = None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise _unreachable_error(address)
 
 
 @contextmanager

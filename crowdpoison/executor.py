@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,10 @@ logger = logging.getLogger(__name__)
 # Memory-mapped arrays per worker process, keyed by file path.
 _RESOLVED = {}
 MAX_RESOLVED = 8
+# Seconds between two checks of a worker process that its parent still runs.
+PARENT_POLL_SECONDS = 1.0
+# Process id of the parent that this worker process watches, once it does.
+_WATCHED_PARENT = None
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,41 @@ def resolve(value):
     return array
 
 
-def call_with_one_thread(tag, function, kwargs):
+def call_with_one_thread(tag, function, kwargs, parent_pid=None):
     """Call ``function(**kwargs)`` with BLAS and OpenMP limited to one thread.
 
     Returns ``(tag, result)`` so that results arriving out of order can be matched
-    to their task.
+    to their task. With ``parent_pid``, a worker process first starts
+    :func:`watch_parent`.
     """
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     with threadpool_limits(limits=1):
         return tag, function(**kwargs)
+
+
+def watch_parent(parent_pid):
+    """Exit this worker process soon after the process ``parent_pid`` stops.
+
+    Loky keeps its idle workers for minutes, and a worker in the middle of a
+    fit finishes it, even when the main process was killed with SIGKILL. A
+    daemon thread polls the parent process id and ends the worker when it
+    changes. It does nothing in the main process itself (``n_jobs=1``) or when
+    a watch already runs.
+    """
+    global _WATCHED_PARENT
+    if _WATCHED_PARENT is not None or os.getpid() == parent_pid:
+        return
+    if os.getppid() != parent_pid:
+        return
+    _WATCHED_PARENT = parent_pid
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def effective_n_jobs(n_jobs):
@@ -114,8 +147,9 @@ class LokyExecutor:
         tasks : iterable of (tag, function, kwargs)
             ``function`` must be a top-level function and ``kwargs`` picklable.
         """
+        parent_pid = os.getpid()
         calls = (
-            joblib.delayed(call_with_one_thread)(tag, function, kwargs)
+            joblib.delayed(call_with_one_thread)(tag, function, kwargs, parent_pid)
             for tag, function, kwargs in tasks
         )
         yield from self._parallel(calls)

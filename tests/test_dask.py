@@ -7,12 +7,14 @@ commands. Their outputs must equal a local run's byte for byte. The data are
 which keeps every fit well under a second.
 """
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -276,7 +278,44 @@ def test_dask_generate_unreachable_scheduler(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert len(err.splitlines()) == 1
-    assert "connecting to a Dask scheduler timed out" in err
+    assert "no Dask scheduler responded within 8 s" in err
+    assert not (tmp_path / "gen").exists()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture
+def http_address():
+    """Address of an HTTP server on 127.0.0.1, a port where no scheduler listens."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_dask_run_ml_rejects_other_server(data, tmp_path, capsys, http_address):
+    started = time.monotonic()
+    status = _run_ml(data, tmp_path / "out.csv", "--scheduler", http_address)
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert elapsed < 30
+    assert len(err.splitlines()) == 1
+    assert "no Dask scheduler responded within 8 s" in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_dask_generate_rejects_other_server(data, tmp_path, capsys, http_address):
+    arguments = ("-i", data / "train.csv", "-o", tmp_path / "gen", *GENERATION)
+    status = _generate(*arguments, "--scheduler", http_address)
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert "no Dask scheduler responded within 8 s" in err
     assert not (tmp_path / "gen").exists()
 
 

@@ -322,7 +322,9 @@ def test_run_ml_refuses_other_data(tiny, tmp_path, capsys):
 
 BAD_INPUTS = [
     (("--models", "KNN(2)"), "unknown model 'KNN\\(2\\)'"),
-    (("--seeds", "three"), "invalid int value"),
+    (("--seeds", "three"), "invalid seed 'three'"),
+    (("--seeds", "-1"), "invalid seed '-1': expected an integer in 0..4294967295"),
+    (("--seeds", "4294967296"), "invalid seed '4294967296'"),
     (("--levels", "5"), "--levels 5: no such level"),
     (("--n-jobs", "0"), "--n-jobs 0"),
     (("--engine", "turbo"), "invalid choice"),
@@ -468,3 +470,66 @@ def test_run_ml_shared_failed_fit_drops_every_level(tiny, tmp_path, caplog):
     assert caplog.text.count(": LR failed:") == 1
     assert caplog.text.count("voting member LR") == 1
     assert _lines(output)[1:] == ["3,KNN(1),0,3,0.0", "3,KNN(1),1,3,0.0"]
+
+
+def test_run_ml_bad_later_level_leaves_nothing(tiny, tmp_path, capsys):
+    # Level 6's last batch is torn, so the run fails after writing rows of
+    # levels 0 and 3; the results file it started must not stay behind.
+    data = tmp_path / "data"
+    for level in ("0", "3", "6"):
+        (data / "gen" / level).mkdir(parents=True)
+        for path in (tiny / "gen" / level).glob("dataset_*.csv"):
+            (data / "gen" / level / path.name).write_bytes(path.read_bytes())
+    (data / "test.csv").symlink_to(tiny / "test.csv")
+    torn = data / "gen" / "6" / "dataset_003.csv"
+    torn.write_text(torn.read_text()[:-200])
+    output = tmp_path / "out.csv"
+    argv = _argv(data, output, "--models", "KNN(1)", "--seeds", "3", "--n-jobs", "1")
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert "dataset_003.csv, line" in err
+    assert not output.exists()
+    assert not (tmp_path / "out.csv.meta.json").exists()
+
+
+def test_run_ml_warns_rows_without_result(tiny, tmp_path, caplog):
+    data = tmp_path / "data"
+    level = data / "gen" / "0"
+    level.mkdir(parents=True)
+    (data / "test.csv").symlink_to(tiny / "test.csv")
+    write_labelled_csv(level / "dataset_001.csv", np.zeros((3, 784), np.uint8), [4] * 3)
+    output = tmp_path / "out.csv"
+    argv = _argv(data, output, "--models", "KNN(1)", "LR", "--seeds", "3")
+    argv.remove("--quiet")
+    with caplog.at_level(logging.WARNING):
+        assert _exit_code(argv) == 0
+    assert "1 of the 2 rows of the grid have no result" in caplog.text
+
+
+def test_run_ml_workers_exit_after_sigkill(tiny, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    output = tmp_path / "killed.csv"
+    argv = _argv(tiny, output, "--models", "DT", "RF", "--n-jobs", "2")
+    command = [sys.executable, str(REPO_ROOT / "run_ml.py"), *argv]
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    children = []
+    try:
+        # Wait until both workers have fitted something, so that they are busy
+        # or idle, not starting.
+        while time.monotonic() < deadline and process.poll() is None:
+            started = output.is_file() and len(output.read_bytes().splitlines()) > 3
+            children = psutil.Process(process.pid).children(recursive=True)
+            if started and len(children) >= 3:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "run_ml.py finished before it could be killed"
+        children = psutil.Process(process.pid).children(recursive=True)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert children
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:
+        child.kill()
+    assert alive == []
