@@ -315,6 +315,164 @@ def manifest_path_from_sidecar(sidecar):
     return path
 
 
+# Values that run_ml.py copies into the sidecar's ``generation`` section. The first
+# group comes from the manifest's ``parameters``, the second from its top level.
+RECORDED_PARAMETERS = ("n_bots", "behavior", "n_votes", "assignment")
+RECORDED_COUNTS = ("n_trusted", "n_rows")
+MAX_LISTED_DIFFERENCES = 3
+
+
+def _manifest_file(path):
+    """Return the manifest file of a manifest path or generation folder."""
+    path = Path(path)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def _same_file(first, second):
+    try:
+        return Path(first).resolve() == Path(second).resolve()
+    except OSError:
+        return False
+
+
+def _describe_differences(differences):
+    """Return ``NAME is NEW instead of OLD`` per difference, at most three."""
+    texts = [
+        f"{name} is {_short(new)} instead of {_short(old)}"
+        for name, new, old in differences[:MAX_LISTED_DIFFERENCES]
+    ]
+    extra = len(differences) - MAX_LISTED_DIFFERENCES
+    return ", ".join(texts) + (f" and {extra} more" if extra > 0 else "")
+
+
+def _short(value):
+    """Return ``repr(value)`` cut to 40 characters, for messages."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def recorded_generation_differences(sidecar, manifest):
+    """Compare a manifest with the generation values that a results sidecar copied.
+
+    Parameters
+    ----------
+    sidecar : dict
+        Content of the results sidecar.
+    manifest : dict
+        Content of a generation manifest.
+
+    Returns
+    -------
+    list of tuple
+        ``(name, manifest_value, recorded_value)`` per value that differs. Values
+        that the sidecar does not record are not compared.
+    """
+    generation = _section(sidecar, "generation")
+    parameters = _section(manifest, "parameters")
+    differences = []
+    for key in (*RECORDED_PARAMETERS, *RECORDED_COUNTS):
+        recorded = generation.get(key)
+        if recorded is None:
+            continue
+        actual = (
+            parameters.get(key) if key in RECORDED_PARAMETERS else manifest.get(key)
+        )
+        if actual != recorded:
+            differences.append((key, actual, recorded))
+    return differences
+
+
+def generation_identity_differences(recorded, manifest):
+    """Compare the parameters and input checksum of two generation manifests.
+
+    The requested ``levels`` are left out, so that a generation extended with more
+    levels keeps its identity.
+
+    Returns
+    -------
+    list of tuple
+        ``(name, manifest_value, recorded_value)`` per parameter that differs, and
+        ``("input sha256", ...)`` when the input checksums differ.
+    """
+    old = dict(_section(recorded, "parameters"))
+    new = dict(_section(manifest, "parameters"))
+    old.pop("levels", None)
+    new.pop("levels", None)
+    differences = [
+        (key, new.get(key), old.get(key))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    old_sha = _section(recorded, "input").get("sha256")
+    new_sha = _section(manifest, "input").get("sha256")
+    if old_sha != new_sha:
+        differences.append(("input sha256", new_sha, old_sha))
+    return differences
+
+
+def manifest_differences(sidecar, manifest_path, manifest):
+    """Return how a manifest differs from the generation a results sidecar records.
+
+    The manifest is compared with the values that the sidecar copied from the
+    manifest of its run. When the sidecar names a manifest that still exists at
+    another path, the parameters and input checksum of both manifests are compared
+    as well.
+
+    Parameters
+    ----------
+    sidecar : dict
+        Content of the results sidecar; empty when there is none.
+    manifest_path : path-like
+        The manifest, or its generation folder.
+    manifest : dict
+        Content of the manifest.
+
+    Returns
+    -------
+    list of tuple
+        ``(name, manifest_value, recorded_value)`` per difference; empty when the
+        manifest matches or the sidecar records nothing to compare.
+    """
+    differences = recorded_generation_differences(sidecar, manifest)
+    named = _section(sidecar, "generation").get("manifest")
+    if not named or not Path(named).is_file():
+        return differences
+    if _same_file(named, _manifest_file(manifest_path)):
+        return differences
+    try:
+        recorded = read_manifest(named)
+    except (InputError, OSError) as exc:
+        logger.debug("not comparing with %s, which cannot be read: %s", named, exc)
+        return differences
+    listed = {name for name, _, _ in differences}
+    for difference in generation_identity_differences(recorded, manifest):
+        if difference[0] not in listed:
+            differences.append(difference)
+    return differences
+
+
+def check_manifest_matches(results_path, sidecar, manifest_path, manifest):
+    """Check that a ``--manifest`` describes the generation behind a results file.
+
+    Raises
+    ------
+    InputError
+        If the results sidecar records a generation that differs from the manifest.
+        Without a sidecar, or one that records no generation, nothing is checked.
+    """
+    differences = manifest_differences(sidecar, manifest_path, manifest)
+    if not differences:
+        return
+    named = _section(sidecar, "generation").get("manifest")
+    recorded = f"manifest {named}" if named else "no manifest path"
+    raise InputError(
+        f"--manifest {manifest_path} describes another generation than the one "
+        f"{results_path} was computed from, which {sidecar_path(results_path)} "
+        f"records ({recorded}): {_describe_differences(differences)}; pass the "
+        "manifest of that generation or leave out --manifest"
+    )
+
+
 def _positive_int_or_none(value, *, source, key):
     if value is None:
         return None
@@ -442,19 +600,96 @@ def sort_models(names):
     return sorted(names, key=lambda name: (rank.get(name, len(rank)), position[name]))
 
 
-def parse_labelled_path(text):
+def parse_labelled_path(text, *, name="input"):
     """Split ``LABEL=PATH`` into a label and a path.
 
-    A bare path is labelled by its file name without the suffix.
+    A bare path is labelled by its file name without the suffix. Text that names
+    an existing file as a whole is read as a bare path.
 
-    Text whose part before ``=`` is empty, or that names an existing file as a
-    whole, is read as a bare path.
+    Parameters
+    ----------
+    text : str
+        ``LABEL=PATH`` or ``PATH``.
+    name : str, default="input"
+        Name of the argument, for messages.
+
+    Raises
+    ------
+    InputError
+        If the text has an ``=`` and an empty or blank label, or an empty path,
+        and is not an existing file.
     """
     label, sep, rest = text.partition("=")
-    if sep and label and rest and not Path(text).exists():
-        return label, Path(rest)
-    path = Path(text)
-    return path.stem, path
+    if not sep or Path(text).exists():
+        path = Path(text)
+        return path.stem, path
+    if not label.strip():
+        raise InputError(
+            f"{name} {text!r} has an empty label before '='; write LABEL=RESULTS, "
+            "or the RESULTS path alone to label it by its file name"
+        )
+    if not rest.strip():
+        raise InputError(
+            f"{name} {text!r} has no path after '='; write LABEL=RESULTS with the "
+            "path of a results CSV"
+        )
+    return label, Path(rest)
+
+
+def log_missing_results(results, *, source="input"):
+    """Log, per model, the results that the grid of its other results implies.
+
+    A model's grid is every seed of ``results`` by every malicious count and every
+    dataset size that the model has a result for. A model with missing
+    combinations gets one warning with their count and the first one.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Results as returned by `read_results`.
+    source : str, default="input"
+        Name of the results file, for messages.
+
+    Returns
+    -------
+    dict
+        ``{model: number of missing combinations}`` for the models with any.
+    """
+    seeds = sorted(int(seed) for seed in results["seed"].unique())
+    missing_counts = {}
+    for model in sort_models(pd.unique(results["model"])):
+        rows = results[results["model"] == model]
+        present = set(
+            zip(
+                rows["seed"].astype(int),
+                rows["malicious"].astype(int),
+                rows["dataset_len"].astype(int),
+            )
+        )
+        malicious = sorted({key[1] for key in present})
+        lengths = sorted({key[2] for key in present})
+        expected = len(seeds) * len(malicious) * len(lengths)
+        if len(present) == expected:
+            continue
+        first = next(
+            (seed, count, length)
+            for seed in seeds
+            for count in malicious
+            for length in lengths
+            if (seed, count, length) not in present
+        )
+        missing_counts[model] = expected - len(present)
+        logger.warning(
+            "%s: model %s lacks %d of its %d (seed, malicious, dataset_len) results, "
+            "for example seed %d, malicious %d, dataset_len %d; only the results "
+            "present are used",
+            source,
+            model,
+            missing_counts[model],
+            expected,
+            *first,
+        )
+    return missing_counts
 
 
 # Aggregation over seeds
@@ -799,16 +1034,45 @@ def load_results_context(path, *, bots=None, manifest=None):
         Value of ``--bots``.
     manifest : path-like, optional
         Value of ``--manifest``; else the manifest that the sidecar names, if any.
+        A sidecar-named manifest whose values differ from those the sidecar copied
+        from it is logged and left out.
 
     Returns
     -------
     ResultsContext
+
+    Raises
+    ------
+    InputError
+        If ``manifest`` is given and differs from the generation that the results
+        sidecar records (see `check_manifest_matches`).
     """
     path = Path(path)
     results = read_results(path)
+    log_missing_results(results, source=path)
     sidecar = read_sidecar(path)
-    manifest_path = Path(manifest) if manifest else manifest_path_from_sidecar(sidecar)
-    manifest_content = read_manifest(manifest_path) if manifest_path else None
+    if manifest:
+        manifest_path = Path(manifest)
+        manifest_content = read_manifest(manifest_path)
+        check_manifest_matches(path, sidecar, manifest_path, manifest_content)
+    else:
+        manifest_path = manifest_path_from_sidecar(sidecar)
+        manifest_content = read_manifest(manifest_path) if manifest_path else None
+        differences = (
+            recorded_generation_differences(sidecar, manifest_content)
+            if manifest_content is not None
+            else []
+        )
+        if differences:
+            logger.warning(
+                "%s no longer matches the generation that %s records (%s); it is "
+                "not used and poisoned shares are estimated; pass --manifest to "
+                "use another one",
+                manifest_path,
+                sidecar_path(path),
+                _describe_differences(differences),
+            )
+            manifest_path = manifest_content = None
     n_bots = resolve_n_bots(
         results, bots=bots, sidecar=sidecar, manifest=manifest_content, source=path
     )
@@ -843,4 +1107,3 @@ class ResultsContext:
         return PoisonedShareSource(
             n_bots=self.n_bots, n_trusted=self.n_trusted, manifest=self.manifest
         )
-

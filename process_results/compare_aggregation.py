@@ -21,6 +21,7 @@ largest training set, aggregated over seeds with ``--agg``, one line per results
 file.
 """
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -61,14 +62,29 @@ DEFAULT_AGGREGATION_METHOD = "majority"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
+EPILOG = """\
+examples:
+  # share of poisoned accepted labels, majority voting against Dawid-Skene
+  python process_results/compare_aggregation.py runs/majority runs/dawid-skene \\
+      -o figures/poisoned.pdf
+
+  # the same with KNN(1)'s MCC on the largest training set, one line per file
+  python process_results/compare_aggregation.py runs/majority runs/dawid-skene \\
+      --results majority=results/majority.csv ds=results/dawid-skene.csv \\
+      --model "KNN(1)" -o figures/aggregation.png
+"""
+
+
 def build_parser():
     """Return the argument parser of this script."""
     parser = ArgumentParser(
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Plot the share of poisoned accepted labels against the share of "
             "malicious users for several generation runs, and optionally one "
             "model's MCC."
-        )
+        ),
     )
     parser.add_argument(
         "runs",
@@ -110,7 +126,8 @@ def build_parser():
         "-o",
         "--output",
         type=Path,
-        help="write the figure to this .png, .pdf or .svg file instead of a window",
+        help="write the figure to this .png, .pdf or .svg file instead of showing it "
+        "in a window, which needs a display",
     )
 
     add_logging_flags(parser)
@@ -253,7 +270,7 @@ def results_label(text, path, context, runs):
             if Path(named).resolve() == entry["path"]:
                 group = entry["group"]
     if "=" in text and not Path(text).exists():
-        return parse_labelled_path(text)[0], group
+        return parse_labelled_path(text, name="--results")[0], group
     if group is not None:
         return ", ".join(group), group
     return path.stem, group
@@ -271,7 +288,7 @@ def mcc_on_largest_set(text, *, model, agg, bots, runs):
     InputError
         If ``model`` has no result in the file.
     """
-    _, path = parse_labelled_path(text)
+    _, path = parse_labelled_path(text, name="--results")
     context = load_results_context(path, bots=bots)
     results = context.results[context.results["model"] == model]
     if results.empty:
@@ -389,6 +406,7 @@ def main(argv=None):
         raise InputError("--results needs --model to choose the model of the MCC panel")
     if args.model and not args.results:
         raise InputError("--model needs --results, the results CSVs of the MCC panel")
+    plt = pyplot_for(output)
 
     runs = load_runs(args.runs)
     summaries = group_runs(runs)
@@ -399,7 +417,6 @@ def main(argv=None):
         for text in args.results or []
     ]
 
-    plt = pyplot_for(output)
     n_panels = 2 if curves else 1
     figure, axes = plt.subplots(
         n_panels,

@@ -27,6 +27,7 @@ results sidecar names). Otherwise it is estimated as (d - trusted rows) x m /
 n_bots / d and marked "~".
 """
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -58,13 +59,30 @@ FORMATS = ("text", "markdown", "both")
 NEVER_BREAKS = "--"
 
 
+EPILOG = """\
+examples:
+  # the study's tables: minimum over seeds, every model, text and Markdown
+  python process_results/get_results.py results/random-v3.csv
+
+  # mean over seeds of two models, Markdown only, also written to a file
+  python process_results/get_results.py results/random-v3.csv --agg mean \\
+      --format markdown --models "KNN(1)" DT -o tables/random-v3.md
+
+  # measured poisoned shares for a results file copied without its sidecar
+  python process_results/get_results.py results/random-v3.csv \\
+      --manifest runs/random-v3 --threshold 0.8
+"""
+
+
 def build_parser():
     """Return the argument parser of this script."""
     parser = ArgumentParser(
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Print each model's best, first-below-threshold and worst MCC, and its "
             "breaking point, as a plain-text and/or Markdown table."
-        )
+        ),
     )
     parser.add_argument("results", type=Path, help="results CSV written by run_ml.py")
 
@@ -95,7 +113,8 @@ def build_parser():
         "--manifest",
         type=Path,
         help="generation manifest.json (or its folder) giving the measured share of "
-        "poisoned rows (default: the one the results sidecar names)",
+        "poisoned rows (default: the one the results sidecar names); it must match "
+        "the generation that the sidecar records",
     )
     parser.add_argument(
         "--format",

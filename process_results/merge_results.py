@@ -12,6 +12,7 @@ input that the row comes from. Rows keep the order of the inputs and, within an
 input, the order of its file. Without ``-o`` the CSV goes to standard output.
 """
 
+import argparse
 import csv
 import logging
 import sys
@@ -40,13 +41,28 @@ ATTACK_COLUMN = "attack"
 MERGED_COLUMNS = (*RESULT_COLUMNS, ATTACK_COLUMN)
 
 
+EPILOG = """\
+examples:
+  # KNN(1) under three attacks, one label each, into one CSV
+  python process_results/merge_results.py --model "KNN(1)" \\
+      random=results/random-v3.csv switch=results/switch-v3.csv \\
+      flip=results/flip-v3.csv -o results/knn1-attacks.csv
+
+  # DT, labelled by the file names random-v1 and random-v3, to standard output
+  python process_results/merge_results.py --model DT \\
+      results/random-v1.csv results/random-v3.csv
+"""
+
+
 def build_parser():
     """Return the argument parser of this script."""
     parser = ArgumentParser(
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Write one model's results from several results CSVs into one CSV with "
             "an added 'attack' column."
-        )
+        ),
     )
     parser.add_argument(
         "inputs",
@@ -57,7 +73,6 @@ def build_parser():
     )
 
     parser.add_argument("--model", required=True, help="model to keep, e.g. 'KNN(1)'")
-
 
     parser.add_argument(
         "-o", "--output", type=Path, help="merged CSV (default: standard output)"
@@ -73,8 +88,6 @@ def parse_inputs(texts):
     seen = {}
     for text in texts:
         label, path = parse_labelled_path(text)
-        if not label.strip():
-            raise InputError(f"input {text!r} has an empty label; write LABEL=RESULTS")
         if label in seen:
             raise InputError(
                 f"inputs {seen[label]!r} and {text!r} have the same label {label!r}; "
@@ -91,9 +104,7 @@ def load_model_rows(label, path, model):
     rows = results[results["model"] == model]
     if rows.empty:
         present = ", ".join(sort_models(results["model"].unique()))
-        raise InputError(
-            f"--model {model}: not found in {path}; it contains {present}"
-        )
+        raise InputError(f"--model {model}: not found in {path}; it contains {present}")
     rows = rows.assign(**{ATTACK_COLUMN: label})
     logger.info("%s: %d rows of %s from %s", label, len(rows), model, path)
     return rows

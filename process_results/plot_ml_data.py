@@ -11,9 +11,10 @@ z = the MCC aggregated over seeds with ``--agg``. One model is drawn as a colour
 surface with two vertical planes through its breaking point. Several models are
 drawn as wireframes with a horizontal plane at ``--threshold``. ``--heatmap``
 draws one 2D panel per model instead, with the broken region outlined. Without
-``-o`` the figure opens in a window.
+``-o`` the figure opens in a window, which needs a display.
 """
 
+import argparse
 import logging
 import math
 import sys
@@ -56,13 +57,31 @@ HEATMAP_CMAP = "RdYlBu"
 BREAK_COLOR = "tab:red"
 
 
+EPILOG = """\
+examples:
+  # one model's 3D surface with planes through its breaking point
+  python process_results/plot_ml_data.py results/random-v3.csv --models "KNN(1)" \\
+      -o figures/knn1.pdf
+
+  # two models as wireframes, MCC as the mean over seeds
+  python process_results/plot_ml_data.py results/random-v3.csv --models LR RF \\
+      --agg mean -o figures/lr-rf.png
+
+  # one heatmap per model, breaking point at MCC < 0.8
+  python process_results/plot_ml_data.py results/random-v3.csv --heatmap \\
+      --threshold 0.8 -o figures/heatmaps.svg
+"""
+
+
 def build_parser():
     """Return the argument parser of this script."""
     parser = ArgumentParser(
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Plot MCC against the share of malicious users and the share of training "
             "examples, as a 3D surface or as heatmaps."
-        )
+        ),
     )
     parser.add_argument("results", type=Path, help="results CSV written by run_ml.py")
     parser.add_argument(
@@ -92,7 +111,10 @@ def build_parser():
         help="total number of bots (default: from the results sidecar or manifest)",
     )
     parser.add_argument(
-        "--manifest", type=Path, help="generation manifest.json, to read n_bots from"
+        "--manifest",
+        type=Path,
+        help="generation manifest.json, to read n_bots from; it must match the "
+        "generation that the results sidecar records",
     )
 
     parser.add_argument(
@@ -104,7 +126,8 @@ def build_parser():
         "-o",
         "--output",
         type=Path,
-        help="write the figure to this .png, .pdf or .svg file instead of a window",
+        help="write the figure to this .png, .pdf or .svg file instead of showing it "
+        "in a window, which needs a display",
     )
 
     add_logging_flags(parser)
@@ -332,6 +355,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     configure_logging(args)
     output = check_output_path(args.output) if args.output is not None else None
+    plt = pyplot_for(output)
 
     context = load_results_context(args.results, bots=args.bots, manifest=args.manifest)
     models = select_models(context.results, args.models, source=args.results)
@@ -344,7 +368,6 @@ def main(argv=None):
     max_len = int(aggregated["dataset_len"].max())
     mcc_label = describe_mcc(args.agg, int(aggregated["n_seeds"].max()))
 
-    plt = pyplot_for(output)
     if args.heatmap:
         figure = plot_heatmaps(
             plt,
@@ -354,7 +377,7 @@ def main(argv=None):
             mcc_label=mcc_label,
         )
     elif len(grids) == 1:
-        (model, grid), = grids.items()
+        ((model, grid),) = grids.items()
         figure = plot_single_surface(
             plt,
             grid,

@@ -2,18 +2,25 @@
 
 import csv
 import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from crowdpoison.cli import run
 from crowdpoison.results import RESULT_COLUMNS
 from process_results import (
+    _figures,
     compare_aggregation,
     get_results,
     merge_results,
     plot_ml_data,
 )
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 N_BOTS = 4
 LENGTHS = (100, 150, 200)
 SEEDS = (3, 7)
@@ -372,3 +379,271 @@ def test_compare_aggregation_bad_input(capsys, tmp_path, results_path, extra, me
 def test_compare_aggregation_missing_run(capsys, tmp_path):
     argv = [str(tmp_path / "absent"), "-o", str(tmp_path / "c.png")]
     assert_user_error(capsys, compare_aggregation.main, argv, "not found")
+
+
+# A --manifest must describe the generation that the results sidecar records.
+
+
+def sidecar_for(manifest_path, **generation):
+    """Return a results sidecar as run_ml.py writes it for ``manifest_path``."""
+    manifest = json.loads(manifest_path.read_text())
+    recorded = {
+        "n_bots": manifest["parameters"]["n_bots"],
+        "behavior": manifest["parameters"]["behavior"],
+        "n_trusted": manifest["n_trusted"],
+        "manifest": str(manifest_path.resolve()),
+    }
+    return {"format": "crowdpoison-results/1", "generation": {**recorded, **generation}}
+
+
+def test_get_results_rejects_other_seed_manifest(capsys, tmp_path):
+    used = write_manifest(tmp_path / "seed1", seed=1)
+    other = write_manifest(tmp_path / "seed2", seed=2, scale=2.0)
+    results = write_results(tmp_path / "results.csv", sidecar=sidecar_for(used))
+    argv = [str(results), "--manifest", str(other.parent), "--format", "text"]
+    status = run(get_results.main, argv)
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "seed is 2 instead of 1" in captured.err
+
+
+def test_manifest_mismatch_names_both(capsys, tmp_path):
+    used = write_manifest(tmp_path / "seed1", seed=1)
+    other = write_manifest(tmp_path / "seed2", seed=2)
+    results = write_results(tmp_path / "results.csv", sidecar=sidecar_for(used))
+    status = run(get_results.main, [str(results), "--manifest", str(other)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"--manifest {other} " in err
+    assert f"(manifest {used.resolve()})" in err
+
+
+def test_manifest_checked_against_sidecar_values(capsys, tmp_path):
+    # The manifest that the sidecar names is gone; the values it copied remain.
+    used = write_manifest(tmp_path / "gone", behavior="random")
+    sidecar = sidecar_for(used)
+    used.unlink()
+    other = write_manifest(tmp_path / "switch", behavior="switch")
+    results = write_results(tmp_path / "results.csv", sidecar=sidecar)
+    argv = [str(results), "--manifest", str(other), "-q"]
+    assert_user_error(
+        capsys, get_results.main, argv, "behavior is 'switch' instead of 'random'"
+    )
+
+
+def test_manifest_copy_accepted(capsys, tmp_path):
+    used = write_manifest(tmp_path / "seed1", seed=1)
+    copy = tmp_path / "copy" / "manifest.json"
+    copy.parent.mkdir()
+    copy.write_text(used.read_text())
+    results = write_results(tmp_path / "results.csv", sidecar=sidecar_for(used))
+    argv = [str(results), "--manifest", str(copy), "--format", "markdown", "-q"]
+    assert get_results.main(argv) == 0
+    assert "| LR | 50% (2/4) | 150 | 13.3% |" in capsys.readouterr().out
+
+
+def test_manifest_without_sidecar_accepted(capsys, tmp_path):
+    manifest = write_manifest(tmp_path / "gen", seed=5)
+    results = write_results(tmp_path / "results.csv")
+    argv = [str(results), "--manifest", str(manifest), "--format", "markdown", "-q"]
+    assert get_results.main(argv) == 0
+    assert "| LR | 50% (2/4) | 150 | 13.3% |" in capsys.readouterr().out
+
+
+def test_changed_sidecar_manifest_ignored(capsys, caplog, tmp_path):
+    # The generation folder was generated again with another number of bots.
+    used = write_manifest(tmp_path / "gen")
+    sidecar = sidecar_for(used, n_bots=8)
+    results = write_results(tmp_path / "results.csv", sidecar=sidecar)
+    with caplog.at_level("WARNING"):
+        assert get_results.main([str(results), "--format", "markdown", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "n_bots is 4 instead of 8" in caplog.text
+    assert "Poisoned shares from" not in out
+    assert "~" in out
+
+
+def test_plot_ml_data_rejects_other_manifest(capsys, tmp_path):
+    used = write_manifest(tmp_path / "seed1", seed=1)
+    other = write_manifest(tmp_path / "seed2", seed=2)
+    results = write_results(tmp_path / "results.csv", sidecar=sidecar_for(used))
+    output = tmp_path / "figure.png"
+    argv = [str(results), "--manifest", str(other), "-o", str(output)]
+    assert_user_error(capsys, plot_ml_data.main, argv, "seed is 2 instead of 1")
+    assert not output.exists()
+
+
+# Missing results in the grid
+
+
+def write_results_with_hole(path, *, seed=SEEDS[0], model="LR", malicious=N_BOTS):
+    """Write a results CSV without the rows of one seed, model and level."""
+    write_results(path)
+    lines = path.read_text().splitlines(keepends=True)
+    prefix = f"{seed},{model},{malicious},"
+    path.write_text("".join(line for line in lines if not line.startswith(prefix)))
+    return path
+
+
+def missing_warnings(caplog):
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelname == "WARNING"
+        and "(seed, malicious, dataset_len)" in record.getMessage()
+    ]
+
+
+def test_get_results_warns_missing_results(capsys, caplog, tmp_path):
+    results = write_results_with_hole(tmp_path / "holes.csv")
+    with caplog.at_level("WARNING"):
+        assert get_results.main([str(results), "--bots", "4", "-q"]) == 0
+    (message,) = missing_warnings(caplog)
+    # 2 seeds x 5 levels x 3 sizes; the 3 rows of seed 3 at level 4 are missing.
+    assert "model LR lacks 3 of its 30" in message
+    assert "seed 3, malicious 4, dataset_len 100" in message
+    assert "\n" not in message
+    assert "Breaking points" in capsys.readouterr().out
+
+
+def test_get_results_full_grid_no_warning(caplog, results_path):
+    with caplog.at_level("WARNING"):
+        assert get_results.main([str(results_path), "--bots", "4", "-q"]) == 0
+    assert missing_warnings(caplog) == []
+
+
+def test_plot_ml_data_warns_missing_results(caplog, tmp_path):
+    results = write_results_with_hole(tmp_path / "holes.csv", model="RF", malicious=0)
+    output = tmp_path / "figure.png"
+    argv = [str(results), "--bots", "4", "--models", "RF", "-o", str(output), "-q"]
+    with caplog.at_level("WARNING"):
+        assert plot_ml_data.main(argv) == 0
+    (message,) = missing_warnings(caplog)
+    assert "model RF lacks 3 of its 30" in message
+    assert output.stat().st_size > 0
+
+
+# Labelled inputs
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("={path}", "has an empty label before '='"),
+        (" ={path}", "has an empty label before '='"),
+        ("label=", "has no path after '='"),
+    ],
+)
+def test_merge_results_empty_label_or_path(
+    capsys, monkeypatch, tmp_path, results_path, template, message
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "LR", template.format(path=results_path.name)]
+    assert_user_error(capsys, merge_results.main, argv, message)
+
+
+def test_compare_aggregation_empty_label(capsys, tmp_path, results_path):
+    manifest = write_manifest(tmp_path / "run")
+    argv = [str(manifest), "--results", f"={results_path}", "--model", "LR"]
+    argv += ["--bots", "4", "-o", str(tmp_path / "c.png")]
+    assert_user_error(
+        capsys, compare_aggregation.main, argv, "--results '=" + str(results_path)
+    )
+
+
+# Figures without -o need a display
+
+
+def headless(monkeypatch):
+    """Remove the display variables from the environment of this test."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+
+
+@pytest.mark.parametrize("backend", [None, "TkAgg"])
+def test_plot_ml_data_headless_without_output(tmp_path, results_path, backend):
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")
+    }
+    if backend is not None:
+        env["MPLBACKEND"] = backend
+    script = REPO_ROOT / "process_results" / "plot_ml_data.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), str(results_path), "--bots", "4"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.count("\n") == 1
+    assert "plot_ml_data.py: error: no -o given and no display" in completed.stderr
+    assert "pass -o FILE.png, FILE.pdf or FILE.svg" in completed.stderr
+    assert list(tmp_path.iterdir()) == [results_path]
+
+
+def test_compare_aggregation_headless_without_output(capsys, monkeypatch, tmp_path):
+    headless(monkeypatch)
+    manifest = write_manifest(tmp_path / "run")
+    assert_user_error(
+        capsys,
+        compare_aggregation.main,
+        [str(manifest)],
+        "no display is available",
+    )
+
+
+def test_window_backend_needs_display(monkeypatch):
+    import matplotlib
+
+    headless(monkeypatch)
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "tkagg")
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert _figures.missing_display() == "DISPLAY and WAYLAND_DISPLAY are unset"
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert _figures.missing_display() is None
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "agg")
+    assert "cannot open a window" in _figures.missing_display()
+
+
+# Examples in --help
+
+
+SCRIPTS = [get_results, merge_results, plot_ml_data, compare_aggregation]
+
+
+def help_examples(parser):
+    """Return the example commands of a parser's epilog as argument lists."""
+    text = parser.epilog.split("examples:\n", 1)[1].replace("\\\n", " ")
+    return [
+        shlex.split(line)
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("module", SCRIPTS, ids=lambda module: module.__name__)
+def test_help_examples_parse(capsys, module):
+    parser = module.build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "\nexamples:\n" in capsys.readouterr().out
+
+    script = f"process_results/{module.__name__.rsplit('.', 1)[1]}.py"
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    examples = help_examples(parser)
+    assert 2 <= len(examples) <= 3
+    for command in examples:
+        assert command[:2] == ["python", script]
+        assert (REPO_ROOT / script).is_file()
+        used = [arg for arg in command[2:] if arg.startswith("-")]
+        assert set(used) <= flags, command
+        parser.parse_args(command[2:])

@@ -18,6 +18,8 @@ from crowdpoison.results import (
     estimated_poisoned_share,
     is_broken,
     load_results_context,
+    log_missing_results,
+    manifest_differences,
     manifest_poisoned_share,
     mcc_grid,
     model_stats,
@@ -466,7 +468,7 @@ def test_load_results_context_follows_sidecar(tmp_path):
     manifest_path.parent.mkdir()
     manifest_path.write_text(json.dumps(manifest_with_batch()))
     results_path = write_csv(tmp_path / "r.csv", HEADER + "1,LR,5,30000,0.5\n")
-    sidecar = {"generation": {"manifest": str(manifest_path), "n_trusted": 1}}
+    sidecar = {"generation": {"manifest": str(manifest_path), "n_trusted": 18000}}
     (tmp_path / "r.csv.meta.json").write_text(json.dumps(sidecar))
 
     context = load_results_context(results_path)
@@ -494,3 +496,169 @@ def test_parse_labelled_path(tmp_path):
     odd = tmp_path / "a=b.csv"
     odd.write_text("")
     assert parse_labelled_path(str(odd)) == ("a=b", odd)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("=res.csv", "input '=res.csv' has an empty label before '='"),
+        ("  =res.csv", "has an empty label before '='"),
+        ("random=", "input 'random=' has no path after '='"),
+    ],
+)
+def test_parse_labelled_path_empty_parts(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_labelled_path(text)
+
+
+def test_parse_labelled_path_names_the_argument():
+    with pytest.raises(InputError, match="^--results '=res.csv' has an empty label"):
+        parse_labelled_path("=res.csv", name="--results")
+
+
+def test_parse_labelled_path_existing_equals_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("=res.csv").write_text("")
+    assert parse_labelled_path("=res.csv") == ("=res", Path("=res.csv"))
+
+
+# Missing results
+
+
+def grid_csv(skip=()):
+    """Return a results CSV for seeds 1 2, models LR DT, levels 0 4, sizes 10 20."""
+    lines = [HEADER.rstrip("\n")]
+    for seed in (1, 2):
+        for model in ("LR", "DT"):
+            for malicious in (0, 4):
+                for length in (10, 20):
+                    if (seed, model, malicious, length) not in skip:
+                        lines.append(f"{seed},{model},{malicious},{length},0.5")
+    return "\n".join(lines) + "\n"
+
+
+def test_log_missing_results_full_grid(tmp_path, caplog):
+    results = read_results(write_csv(tmp_path / "r.csv", grid_csv()))
+    assert log_missing_results(results, source="r.csv") == {}
+    assert caplog.records == []
+
+
+def test_log_missing_results_counts_and_example(tmp_path, caplog):
+    skip = {(1, "DT", 4, 10), (1, "DT", 4, 20), (2, "DT", 0, 20)}
+    results = read_results(write_csv(tmp_path / "r.csv", grid_csv(skip)))
+    with caplog.at_level("WARNING"):
+        assert log_missing_results(results, source="r.csv") == {"DT": 3}
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith(
+        "r.csv: model DT lacks 3 of its 8 (seed, malicious, dataset_len) results, "
+        "for example seed 1, malicious 4, dataset_len 10;"
+    )
+
+
+def test_log_missing_results_whole_seed(tmp_path, caplog):
+    skip = {(2, "LR", m, d) for m in (0, 4) for d in (10, 20)}
+    results = read_results(write_csv(tmp_path / "r.csv", grid_csv(skip)))
+    with caplog.at_level("WARNING"):
+        assert log_missing_results(results) == {"LR": 4}
+    assert "seed 2, malicious 0, dataset_len 10" in caplog.text
+
+
+def test_context_warns_missing_results(tmp_path, caplog):
+    path = write_csv(tmp_path / "r.csv", grid_csv({(2, "LR", 4, 20)}))
+    with caplog.at_level("WARNING"):
+        context = load_results_context(path, bots=4)
+    assert len(context.results) == 15
+    assert "model LR lacks 1 of its 8" in caplog.text
+
+
+# Manifest against the results sidecar
+
+
+def write_json(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+    return path
+
+
+def generation_manifest(**parameters):
+    manifest = manifest_with_batch()
+    manifest["parameters"] = {"n_bots": 20, "behavior": "random", **parameters}
+    manifest["input"] = {"sha256": "a" * 64}
+    manifest["n_rows"] = 60000
+    return manifest
+
+
+def recorded_sidecar(manifest_path, manifest):
+    generation = {
+        "manifest": str(manifest_path),
+        "n_bots": manifest["parameters"]["n_bots"],
+        "behavior": manifest["parameters"]["behavior"],
+        "n_trusted": manifest["n_trusted"],
+        "n_rows": manifest["n_rows"],
+        "n_votes": None,
+        "assignment": None,
+    }
+    return {"generation": generation}
+
+
+def test_manifest_differences_without_sidecar():
+    assert manifest_differences({}, "m.json", generation_manifest(seed=9)) == []
+
+
+def test_manifest_differences_recorded_values(tmp_path):
+    named = tmp_path / "gone" / "manifest.json"
+    sidecar = recorded_sidecar(named, generation_manifest())
+    other = generation_manifest(n_bots=30)
+    other["n_trusted"] = 9000
+    assert manifest_differences(sidecar, tmp_path / "m.json", other) == [
+        ("n_bots", 30, 20),
+        ("n_trusted", 9000, 18000),
+    ]
+
+
+def test_manifest_differences_compares_with_named_manifest(tmp_path):
+    recorded = generation_manifest(seed=1, levels=[0, 5])
+    named = write_json(tmp_path / "a" / "manifest.json", recorded)
+    sidecar = recorded_sidecar(named, recorded)
+
+    same = generation_manifest(seed=1, levels=[0, 5, 10])
+    assert manifest_differences(sidecar, tmp_path / "copy", same) == []
+    other_seed = generation_manifest(seed=2, levels=[0, 5])
+    assert manifest_differences(sidecar, tmp_path / "b", other_seed) == [("seed", 2, 1)]
+    other_input = generation_manifest(seed=1)
+    other_input["input"] = {"sha256": "b" * 64}
+    (difference,) = manifest_differences(sidecar, tmp_path / "b", other_input)
+    assert difference[0] == "input sha256"
+
+
+def test_context_rejects_other_manifest(tmp_path):
+    recorded = generation_manifest(seed=1)
+    named = write_json(tmp_path / "a" / "manifest.json", recorded)
+    other = write_json(tmp_path / "b" / "manifest.json", generation_manifest(seed=2))
+    results_path = write_csv(tmp_path / "r.csv", HEADER + "1,LR,5,30000,0.5\n")
+    write_json(tmp_path / "r.csv.meta.json", recorded_sidecar(named, recorded))
+
+    with pytest.raises(InputError) as error:
+        load_results_context(results_path, manifest=other.parent)
+    message = str(error.value)
+    assert message.startswith(f"--manifest {other.parent} describes another generation")
+    assert f"(manifest {named})" in message
+    assert "seed is 2 instead of 1" in message
+    assert "\n" not in message
+
+    context = load_results_context(results_path, manifest=named.parent)
+    assert context.manifest is not None
+
+
+def test_context_drops_changed_manifest(tmp_path, caplog):
+    named = write_json(tmp_path / "a" / "manifest.json", generation_manifest())
+    sidecar = recorded_sidecar(named, generation_manifest(n_bots=10))
+    results_path = write_csv(tmp_path / "r.csv", HEADER + "1,LR,5,30000,0.5\n")
+    write_json(tmp_path / "r.csv.meta.json", sidecar)
+
+    with caplog.at_level("WARNING"):
+        context = load_results_context(results_path)
+    assert context.manifest is None
+    assert context.n_bots == 10
+    assert "n_bots is 20 instead of 10" in caplog.text
