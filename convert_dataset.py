@@ -8,6 +8,7 @@ bundled with scikit-learn.
 
 import argparse
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,8 +20,8 @@ from crowdpoison.cli import (
     InputError,
     add_logging_flags,
     configure_logging,
-    non_negative_int,
     progress_enabled,
+    random_state_seed,
     run,
 )
 from crowdpoison.csvio import write_labelled_csv
@@ -132,8 +133,9 @@ def build_parser():
     )
     digits.add_argument(
         "--seed",
-        type=non_negative_int,
-        help="random seed of the stratified split (default 0)",
+        type=random_state_seed,
+        help="random seed of the stratified split, an integer in 0..2**32-1 "
+        "(default 0)",
     )
     add_logging_flags(parser)
     return parser
@@ -182,6 +184,15 @@ def check_arguments(args):
         )
 
 
+def source_flag(args):
+    """Return the flag of the chosen source, for messages."""
+    if args.images is not None:
+        return "--images"
+    if args.mnist_dir is not None:
+        return "--mnist-dir"
+    return "--download" if args.download else "--digits"
+
+
 def output_paths(args):
     """Return the files that the chosen source writes."""
     if args.images is not None:
@@ -189,11 +200,48 @@ def output_paths(args):
     return [args.output / TRAIN_NAME, args.output / TEST_NAME]
 
 
+def check_output_argument(args):
+    """Raise InputError if -o cannot be what the chosen source writes to.
+
+    With --images, -o is the CSV file to write. With the other sources it is a
+    folder that receives TRAIN_NAME and TEST_NAME. Every existing part of the
+    path above it must be a folder.
+    """
+    mode = source_flag(args)
+    output = args.output
+    if args.images is None:
+        if output.exists() and not output.is_dir():
+            raise InputError(
+                f"-o {output} is a file, but with {mode} -o is the folder that "
+                f"receives {TRAIN_NAME} and {TEST_NAME}: give the name of a "
+                "folder, new or existing"
+            )
+        if output.suffix in (".csv", ".gz"):
+            logger.warning(
+                "-o %s is used as a folder: with %s it receives %s and %s",
+                output,
+                mode,
+                TRAIN_NAME,
+                TEST_NAME,
+            )
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(
+                    f"-o {output} lies below {parent}, which is a file, not a "
+                    "folder: choose another -o"
+                )
+            break
+
+
 def check_outputs(paths, overwrite):
     """Raise InputError if an output exists and may not be replaced."""
     for path in paths:
         if path.is_dir():
-            raise InputError(f"output {path} is a folder, expected a file name")
+            raise InputError(
+                f"output {path} is a folder, expected a file name: with --images, "
+                "-o is the CSV file to write"
+            )
         if path.exists() and not overwrite:
             raise InputError(
                 f"output {path} exists: pass --overwrite to replace it, or choose "
@@ -223,10 +271,37 @@ def load_digits_split(test_size, seed):
     digits = load_digits()
     X = digits.data.astype(np.uint8)
     y = digits.target.astype(np.int64)
+    check_test_size(test_size, len(y), np.unique(y).size)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, random_state=seed, stratify=y
     )
     return X_train, y_train, X_test, y_test
+
+
+def check_test_size(test_size, n_images, n_classes):
+    """Raise InputError unless a stratified split keeps every class in both sets.
+
+    The test set gets ``ceil(test_size * n_images)`` images, as in
+    scikit-learn's ``train_test_split``, and the training set the rest. Each set
+    needs at least ``n_classes`` images.
+    """
+    n_test = math.ceil(test_size * n_images)
+    if n_classes <= n_test <= n_images - n_classes:
+        return
+    # The smallest and largest allowed fractions with 4 decimals.
+    smallest = math.floor((n_classes - 1) / n_images * 10_000 + 1)
+    while math.ceil(smallest / 10_000 * n_images) < n_classes:
+        smallest += 1
+    largest = math.floor((n_images - n_classes) / n_images * 10_000)
+    while math.ceil(largest / 10_000 * n_images) > n_images - n_classes:
+        largest -= 1
+    smallest, largest = smallest / 10_000, largest / 10_000
+    raise InputError(
+        f"invalid --test-size {test_size:g}: it puts {n_test} of the {n_images} "
+        "images in the test set, but the stratified split needs at least one image "
+        f"of each of the {n_classes} classes in each set; give a --test-size from "
+        f"{smallest:g} to {largest:g}"
+    )
 
 
 def load_source(args):
@@ -294,6 +369,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     configure_logging(args)
     check_arguments(args)
+    check_output_argument(args)
     check_outputs(output_paths(args), args.overwrite)
 
     started = time.perf_counter()

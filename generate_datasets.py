@@ -35,6 +35,7 @@ from crowdpoison.generate import (
     Generation,
     cached_row_texts,
     file_sha256,
+    remove_level_tmp,
     run_level,
     summarize_levels,
     write_json_atomic,
@@ -74,10 +75,16 @@ def build_parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-i", "--input", required=True, help="training CSV (label, pixels)")
+    parser.add_argument(
+        "-i", "--input", required=True, help="training CSV (label, pixels)"
+    )
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument(
-        "-l", "--bots", type=positive_int, default=20, help="number of bots (default 20)"
+        "-l",
+        "--bots",
+        type=positive_int,
+        default=20,
+        help="number of bots (default 20)",
     )
     parser.add_argument(
         "-b",
@@ -94,7 +101,10 @@ def build_parser():
         help="fraction of the pool, in (0, 1], per batch (default 0.1)",
     )
     parser.add_argument(
-        "--left", type=positive_int, default=3, help="known images per captcha (default 3)"
+        "--left",
+        type=positive_int,
+        default=3,
+        help="known images per captcha (default 3)",
     )
     parser.add_argument(
         "--right",
@@ -156,7 +166,12 @@ def build_parser():
         help="reliability-estimating methods run on each level's votes to score "
         "which bots they flag as malicious, stored in the manifest (default none)",
     )
-    parser.add_argument("--seed", type=int, default=7, help="base seed (default 7)")
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=7,
+        help="base seed of the simulation, an integer of at least 0 (default 7)",
+    )
     parser.add_argument(
         "--levels",
         type=non_negative_int,
@@ -241,11 +256,7 @@ def check_data(params, y, path):
     classes = np.unique(y)
     n_classes = int(classes[-1]) + 1
     if classes.size != n_classes:
-        missing = sorted(set(range(n_classes)) - set(classes.tolist()))
-        raise InputError(
-            f"{path}: labels must cover 0..{n_classes - 1} but classes {missing} "
-            "are missing"
-        )
+        raise InputError(missing_classes_message(path, y, classes))
     if n_classes < 2:
         raise InputError(f"{path}: the training data holds a single class")
     behavior_params = params.behavior_params
@@ -255,7 +266,10 @@ def check_data(params, y, path):
             raise InputError(
                 f"invalid --{option} {value}: expected a class in 0..{n_classes - 1}"
             )
-    if params.behavior == "targeted" and behavior_params["source"] == behavior_params["target"]:
+    if (
+        params.behavior == "targeted"
+        and behavior_params["source"] == behavior_params["target"]
+    ):
         raise InputError("--source and --target must differ")
     if params.behavior == "flip" and n_classes != 10:
         raise InputError(
@@ -263,6 +277,26 @@ def check_data(params, y, path):
             f"{path} has {n_classes}; use switch or random"
         )
     return pool_size
+
+
+def missing_classes_message(path, y, classes, max_listed=5):
+    """Return a one-line error message for labels that skip classes of ``0..max``.
+
+    Row ``i`` of the CSV file is on line ``i + 1``: the format has no header and
+    no blank lines.
+    """
+    largest = int(classes[-1])
+    line = int(np.argmax(y == largest)) + 1
+    missing = np.setdiff1d(np.arange(largest + 1), classes)
+    listed = ", ".join(str(label) for label in missing[:max_listed].tolist())
+    if missing.size > max_listed:
+        listed += ", ..."
+    return (
+        f"{path}: labels must be the classes 0..n-1 with none missing, but the "
+        f"largest label is {largest} (first on line {line}) and {missing.size} "
+        f"classes of 0..{largest} are missing ({listed}); fix that label, or "
+        f"renumber the {classes.size} classes as 0..{classes.size - 1}"
+    )
 
 
 def main(argv=None):
@@ -314,10 +348,23 @@ def main(argv=None):
         results = run_levels(
             generation, todo, n_jobs=args.n_jobs, show=progress_enabled(args)
         )
-    for result in results:
-        manifest["levels"][str(result["malicious"])] = result
-        manifest["levels"] = dict(sorted(manifest["levels"].items(), key=lambda kv: int(kv[0])))
-        write_json_atomic(generation.out_dir / MANIFEST_NAME, manifest)
+    try:
+        for result in results:
+            manifest["levels"][str(result["malicious"])] = result
+            manifest["levels"] = dict(
+                sorted(manifest["levels"].items(), key=lambda kv: int(kv[0]))
+            )
+            write_json_atomic(generation.out_dir / MANIFEST_NAME, manifest)
+    except BaseException:
+        # Closing the generator stops the worker processes first, so that none
+        # writes into a temporary folder after it is removed.
+        try:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        finally:
+            remove_level_tmp(generation.out_dir, todo)
+        raise
     manifest["complete"] = all(
         str(level) in manifest["levels"] and manifest["levels"][str(level)]["complete"]
         for level in levels
@@ -373,9 +420,14 @@ def run_levels(generation, levels, *, n_jobs, show):
             for level in levels
         )
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for result in parallel(tasks):
-            yield result
-            bar.update()
+        outputs = parallel(tasks)
+        try:
+            for result in outputs:
+                yield result
+                bar.update()
+        finally:
+            # Stops the workers when the caller stops early (Ctrl-C, an error).
+            outputs.close()
     bar.close()
 
 

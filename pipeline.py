@@ -22,6 +22,7 @@ from crowdpoison.cli import (
     fraction,
     non_negative_int,
     positive_int,
+    random_state_seed,
     run,
 )
 
@@ -90,10 +91,10 @@ def build_parser():
     )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=random_state_seed,
         nargs="+",
         default=[3, 7, 11],
-        help="training seeds (default 3 7 11)",
+        help="training seeds, integers in 0..2**32-1 (default 3 7 11)",
     )
     parser.add_argument(
         "--models", nargs="+", help="models to train (default: all twelve)"

@@ -20,6 +20,7 @@ from crowdpoison.cli import (
     configure_logging,
     non_negative_int,
     progress_enabled,
+    random_state_seed,
     run,
 )
 from crowdpoison.csvio import read_labelled_csv
@@ -45,8 +46,6 @@ from crowdpoison.runner import ENGINES, GridConfig, grid_keys, run_grid
 logger = logging.getLogger("run_ml")
 
 DEFAULT_SEEDS = (3, 7, 11)
-# Largest random_state that scikit-learn's estimators accept.
-MAX_SEED = 2**32 - 1
 
 EPILOG = f"""\
 models: {" ".join(MODEL_NAMES)}
@@ -98,7 +97,7 @@ def build_parser():
     )
     parser.add_argument(
         "--seeds",
-        type=model_seed,
+        type=random_state_seed,
         nargs="+",
         default=list(DEFAULT_SEEDS),
         help="random_state of the models, integers in 0..2**32-1 (default 3 7 11)",
@@ -142,20 +141,6 @@ def build_parser():
     )
     add_logging_flags(parser)
     return parser
-
-
-def model_seed(text):
-    """Parse a ``random_state`` that every scikit-learn estimator accepts."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"invalid seed {text!r}: expected an integer in 0..{MAX_SEED}, the range "
-            "of scikit-learn's random_state"
-        )
-    return value
 
 
 def check_models(names):

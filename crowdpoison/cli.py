@@ -122,6 +122,24 @@ def non_negative_int(text):
     return value
 
 
+# Largest seed that numpy's legacy RandomState, and so scikit-learn's random_state,
+# accepts.
+MAX_RANDOM_STATE = 2**32 - 1
+
+
+def random_state_seed(text):
+    """Parse a seed for scikit-learn's ``random_state``, an integer in 0..2**32-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_RANDOM_STATE:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected an integer in 0..{MAX_RANDOM_STATE}"
+        )
+    return value
+
+
 def run(main, argv=None):
     """Call ``main(argv)`` and turn user errors into one line and exit status 2.
 

@@ -8,8 +8,10 @@ Layout of an output folder::
     OUT/<k>/level.json        the counts of level k; present once k is finished
 
 Each level is written into ``OUT/.level-<k>.tmp`` and renamed to ``OUT/<k>`` when
-all its files are written, so a folder ``OUT/<k>`` is always whole. A rerun with
-the same parameters skips the finished levels.
+all its files are written, so a folder ``OUT/<k>`` is always whole. ``level.json``
+records the size and sha256 of each batch file. A rerun with the same parameters
+skips the finished levels whose batch files still have their recorded sizes, and
+generates the others again.
 """
 
 import hashlib
@@ -67,10 +69,14 @@ def write_json_atomic(path, data):
     """Write ``data`` as indented JSON to ``path`` through a temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path):
@@ -80,6 +86,78 @@ def read_json(path):
             return json.load(handle)
     except (OSError, ValueError):
         return None
+
+
+def read_manifest(path):
+    """Return the content of a generation manifest, or None when it is missing.
+
+    Raises
+    ------
+    InputError
+        If the file is not valid JSON.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise InputError(
+            f"{path} is not valid JSON ({exc}); fix or delete it, or pass "
+            "--overwrite to replace the output folder"
+        ) from None
+
+
+def describe_files(folder, names):
+    """Return {name: {"bytes": size, "sha256": digest}} for files of ``folder``."""
+    folder = Path(folder)
+    return {
+        name: {
+            "bytes": (folder / name).stat().st_size,
+            "sha256": file_sha256(folder / name),
+        }
+        for name in names
+    }
+
+
+def level_files_problem(folder, info):
+    """Return why a finished level folder no longer matches its level.json, or None.
+
+    Every batch file must exist with the size that ``info["files"]`` records. A
+    level.json written before sizes were recorded has only ``info["batches"]``,
+    so each of those files must then contain the recorded number of rows.
+    """
+    folder = Path(folder)
+    files = info.get("files")
+    if isinstance(files, dict):
+        for name, record in files.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{path} is missing"
+            size = path.stat().st_size
+            if size != record.get("bytes"):
+                return f"{path} has {size} bytes, {record.get('bytes')} were written"
+        return None
+    for batch in info.get("batches", []):
+        path = folder / batch["file"]
+        if not path.is_file():
+            return f"{path} is missing"
+        with open(path, "rb") as handle:
+            n_rows = sum(
+                chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
+            )
+        if n_rows != batch["rows"]:
+            return f"{path} has {n_rows} lines, {batch['rows']} rows were written"
+    return None
+
+
+def remove_level_tmp(out_dir, levels):
+    """Remove the temporary folders ``OUT/.level-<k>.tmp`` of ``levels``."""
+    for level in levels:
+        tmp = Path(out_dir) / f".level-{level}.tmp"
+        if tmp.exists():
+            logger.info("removing %s of an unfinished level", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Generation:
@@ -144,16 +222,26 @@ class Generation:
         manifest_path = self.out_dir / MANIFEST_NAME
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(f"output {self.out_dir} exists and is not a folder")
-        existing = read_json(manifest_path)
+        try:
+            existing = read_manifest(manifest_path)
+        except InputError:
+            if not overwrite:
+                raise
+            existing = None
         non_empty = self.out_dir.is_dir() and any(self.out_dir.iterdir())
-        same = existing is not None and self._matches(existing)
+        same = isinstance(existing, dict) and self._matches(existing)
         if non_empty and not same:
             if not overwrite:
-                reason = (
-                    "holds a generation with other parameters or input"
-                    if existing is not None
-                    else "is not empty and holds no generation manifest"
-                )
+                if isinstance(existing, dict) and (
+                    existing.get("format") == MANIFEST_FORMAT
+                ):
+                    reason = "holds a generation with other parameters or input"
+                elif existing is not None:
+                    reason = (
+                        f"contains a {MANIFEST_NAME} that is not a generation manifest"
+                    )
+                else:
+                    reason = "is not empty and holds no generation manifest"
                 raise InputError(
                     f"output folder {self.out_dir} {reason}; choose another -o or "
                     "pass --overwrite to replace it"
@@ -172,9 +260,19 @@ class Generation:
         finished = {}
         if existing is not None:
             for key, entry in existing.get("levels", {}).items():
-                info = read_json(self.out_dir / key / LEVEL_INFO_NAME)
-                if info is not None and info.get("identity") == self.identity():
+                problem = self._level_problem(key)
+                if problem is None:
                     finished[int(key)] = entry
+                elif int(key) in levels:
+                    logger.warning("%s; generating level %s again", problem, key)
+                else:
+                    logger.warning(
+                        "%s; level %s is left out of the manifest, pass --levels "
+                        "%s to generate it again",
+                        problem,
+                        key,
+                        key,
+                    )
         manifest["levels"] = {str(k): finished[k] for k in sorted(finished)}
         todo = [level for level in levels if level not in finished]
         skipped = [level for level in levels if level in finished]
@@ -182,6 +280,21 @@ class Generation:
             logger.info("resuming %s: levels %s are finished", self.out_dir, skipped)
         write_json_atomic(manifest_path, manifest)
         return manifest, todo
+
+    def _level_problem(self, key):
+        """Return why the level folder ``key`` of a resumed run cannot be kept.
+
+        A level folder is kept when its level.json is readable, has this run's
+        identity, and every batch file has the size it records. Returns None
+        for a level folder that is kept.
+        """
+        info_path = self.out_dir / key / LEVEL_INFO_NAME
+        info = read_json(info_path)
+        if not isinstance(info, dict):
+            return f"{info_path} is missing or not valid JSON"
+        if info.get("identity") != self.identity():
+            return f"{info_path} was written with other parameters or input"
+        return level_files_problem(self.out_dir / key, info)
 
     def _matches(self, manifest):
         parameters = dict(manifest.get("parameters", {}))
@@ -216,7 +329,8 @@ def run_level(X, y, params, level, out_dir, identity, row_texts=None, progress=N
     """Simulate one level and write its folder; return its counts as a dict.
 
     The files go into ``OUT/.level-<k>.tmp`` first; the folder is renamed to
-    ``OUT/<k>`` once ``level.json`` is written, replacing an unfinished one.
+    ``OUT/<k>`` once ``level.json`` is written, replacing an unfinished one. If
+    the simulation fails or is interrupted, the temporary folder is removed.
     """
     out_dir = Path(out_dir)
     if row_texts is None:
@@ -230,21 +344,27 @@ def run_level(X, y, params, level, out_dir, identity, row_texts=None, progress=N
         rows = [row_texts[i] for i in row_ids.tolist()]
         write_rows(tmp / batch_file_name(number), labels, rows)
 
-    result = simulate_level(
-        y,
-        level,
-        params,
-        on_batch=write_batch,
-        progress=progress,
-        audit=list(params.audit) or None,
-    )
-    info = {"identity": identity, **result.to_dict()}
-    write_json_atomic(tmp / LEVEL_INFO_NAME, info)
+    try:
+        result = simulate_level(
+            y,
+            level,
+            params,
+            on_batch=write_batch,
+            progress=progress,
+            audit=list(params.audit) or None,
+        )
+        counts = result.to_dict()
+        names = [batch["file"] for batch in counts["batches"]]
+        info = {"identity": identity, **counts, "files": describe_files(tmp, names)}
+        write_json_atomic(tmp / LEVEL_INFO_NAME, info)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = out_dir / str(level)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    return result.to_dict()
+    return counts
 
 
 _ROW_TEXT_CACHE = {}

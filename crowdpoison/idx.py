@@ -131,7 +131,8 @@ def read_idx_pair(images_path, labels_path):
     ------
     InputError
         As :func:`read_idx`, and if the files do not hold unsigned bytes, have the
-        wrong number of dimensions or disagree on the number of images.
+        wrong number of dimensions, contain no image, no pixel or no label, or
+        disagree on the number of images.
     """
     return pair_arrays(
         read_idx(images_path), images_path, read_idx(labels_path), labels_path
@@ -167,6 +168,22 @@ def pair_arrays(images, images_path, labels, labels_path):
     if labels.ndim != 1:
         raise InputError(
             f"{labels_path} has {labels.ndim} dimensions, expected a label file with 1"
+        )
+    dims = " x ".join(str(size) for size in images.shape)
+    if len(images) == 0:
+        raise InputError(
+            f"{images_path} contains 0 images (its IDX header gives {dims}): expected "
+            "an image file with at least one image"
+        )
+    if images.size == 0:
+        raise InputError(
+            f"{images_path} contains images of 0 pixels (its IDX header gives {dims}): "
+            "expected images with at least one row and one column"
+        )
+    if len(labels) == 0:
+        raise InputError(
+            f"{labels_path} contains 0 labels (its IDX header gives 0 items): expected "
+            "a label file with one label per image"
         )
     if len(images) != len(labels):
         raise InputError(

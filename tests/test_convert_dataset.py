@@ -162,6 +162,12 @@ def make_bad_inputs(tmp_path, mnist_dir):
     )
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "train.csv").write_text("")
+    (tmp_path / "ok.csv").write_text("0,1\n")
+    # Valid IDX headers of 0 images of 28 x 28 pixels and of 0 labels.
+    (tmp_path / "no-images").write_bytes(
+        bytes([0, 0, 8, 3, 0, 0, 0, 0]) + bytes([0, 0, 0, 28]) * 2
+    )
+    (tmp_path / "no-labels").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 0]))
 
 
 BAD_INPUTS = [
@@ -226,6 +232,66 @@ BAD_INPUTS = [
         ["--download", "--cache-dir", "{tmp}/cache", "--mirror", "{dead}"],
         r"could not download train-images-idx3-ubyte: .*connection failed",
     ),
+    (
+        ["--images", "{tmp}/no-images", "--labels", "{tmp}/no-labels"],
+        r"no-images contains 0 images \(its IDX header gives 0 x 28 x 28\)",
+    ),
+    (
+        ["--digits", "--test-size", "0.001"],
+        (
+            r"invalid --test-size 0\.001: it puts 2 of the 1797 images in the test "
+            r"set, .* 10 classes in each set; give a --test-size from 0\.0051 to "
+            r"0\.9944$"
+        ),
+    ),
+    (
+        ["--digits", "--test-size", "0.999"],
+        (
+            r"invalid --test-size 0\.999: it puts 1796 of the 1797 images .* from "
+            r"0\.0051 to 0\.9944$"
+        ),
+    ),
+    (["--digits", "--seed", "4294967296"], r"--seed: invalid value '4294967296'"),
+    (
+        ["--digits", "-o", "{tmp}/ok.csv"],
+        (
+            r"-o .*ok\.csv is a file, but with --digits -o is the folder that receives "
+            r"train\.csv and test\.csv"
+        ),
+    ),
+    (
+        ["--mnist-dir", "{mnist}", "-o", "{tmp}/ok.csv"],
+        r"-o .*ok\.csv is a file, but with --mnist-dir -o is the folder",
+    ),
+    (
+        ["--digits", "-o", "{tmp}/ok.csv/digits"],
+        r"-o .*ok\.csv/digits lies below .*ok\.csv, which is a file, not a folder",
+    ),
+    (
+        [
+            "--images",
+            "{mnist}/t10k-images-idx3-ubyte.gz",
+            "--labels",
+            "{mnist}/t10k-labels-idx1-ubyte.gz",
+            "-o",
+            "{tmp}/ok.csv/test.csv",
+        ],
+        r"-o .*ok\.csv/test\.csv lies below .*ok\.csv, which is a file",
+    ),
+    (
+        [
+            "--images",
+            "{mnist}/t10k-images-idx3-ubyte.gz",
+            "--labels",
+            "{mnist}/t10k-labels-idx1-ubyte.gz",
+            "-o",
+            "{tmp}/taken",
+        ],
+        (
+            r"output .*taken is a folder, expected a file name: with --images, -o is "
+            r"the CSV file to write"
+        ),
+    ),
 ]
 
 
@@ -246,3 +312,18 @@ def test_convert_dataset_bad_input(mnist_dir, tmp_path, capsys, argv, match):
     assert re.search(match, lines[0])
     after = [path for path in sorted(tmp_path.rglob("*")) if path not in before]
     assert [path for path in after if path.suffix in (".csv", ".tmp")] == []
+
+
+def test_convert_dataset_digits_test_size_bounds(tmp_path):
+    for test_size, n_test in (("0.0051", 10), ("0.9944", 1787)):
+        out = tmp_path / test_size
+        argv = ["--digits", "--test-size", test_size, "-o", str(out), "-q"]
+        assert convert_dataset.main(argv) == 0
+        assert len(read_labelled_csv(out / "test.csv")[1]) == n_test
+
+
+def test_convert_dataset_csv_folder_warns(tmp_path, caplog):
+    out = tmp_path / "digits.csv"
+    assert convert_dataset.main(["--digits", "-o", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["test.csv", "train.csv"]
+    assert f"-o {out} is used as a folder: with --digits" in caplog.text

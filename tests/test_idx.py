@@ -114,6 +114,17 @@ def test_read_idx_pair_flattens(tmp_path):
         (IMAGES, np.array([1, 2, 3], np.uint8), r"has 2 images but .* has 3 labels"),
         (IMAGES, LABELS.reshape(2, 1), r"has 2 dimensions, expected a label file"),
         (LABELS, LABELS, r"is one-dimensional, expected an image file"),
+        (
+            np.zeros((0, 28, 28), np.uint8),
+            np.zeros(0, np.uint8),
+            r"images contains 0 images \(its IDX header gives 0 x 28 x 28\)",
+        ),
+        (
+            np.zeros((2, 0, 4), np.uint8),
+            LABELS,
+            r"images contains images of 0 pixels \(its IDX header gives 2 x 0 x 4\)",
+        ),
+        (IMAGES, np.zeros(0, np.uint8), r"labels contains 0 labels"),
     ],
 )
 def test_read_idx_pair_invalid(tmp_path, images, labels, match):

@@ -322,9 +322,9 @@ def test_run_ml_refuses_other_data(tiny, tmp_path, capsys):
 
 BAD_INPUTS = [
     (("--models", "KNN(2)"), "unknown model 'KNN\\(2\\)'"),
-    (("--seeds", "three"), "invalid seed 'three'"),
-    (("--seeds", "-1"), "invalid seed '-1': expected an integer in 0..4294967295"),
-    (("--seeds", "4294967296"), "invalid seed '4294967296'"),
+    (("--seeds", "three"), "invalid value 'three'"),
+    (("--seeds", "-1"), "invalid value '-1': expected an integer in 0..4294967295"),
+    (("--seeds", "4294967296"), "invalid value '4294967296'"),
     (("--levels", "5"), "--levels 5: no such level"),
     (("--n-jobs", "0"), "--n-jobs 0"),
     (("--engine", "turbo"), "invalid choice"),
