@@ -66,6 +66,7 @@ from crowdpoison.cli import (
     add_logging_flags,
     configure_logging,
     positive_int,
+    random_state_seed,
     run,
 )
 from crowdpoison.models import MODEL_NAMES
@@ -173,7 +174,7 @@ def build_parser():
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=random_state_seed,
         default=DEFAULT_SEED,
         help=f"the one seed of the models (default {DEFAULT_SEED})",
     )

@@ -11,8 +11,9 @@ printing its figures and PASS or FAIL against a target:
   floor, which is the summed time of the fits that cannot be shared.
 - ``two-cores``: the fast engine at ``--n-jobs 2`` is at least 1.8 times faster
   than at ``--n-jobs 1`` and writes a byte-identical results file.
-- ``generation``: generate_datasets.py generates every level of the full
-  experiment at least 10 times faster than the study's 14 s per level, into at
+- ``generation``: generate_datasets.py generates the levels of the full
+  experiment at least 10 times faster than the study's mean of 14 s per level
+  (the mean over levels is compared, and the slowest level is reported), into at
   most 60% of the study's 195 MB of CSV per level.
 - ``knn``: the five KNN models over every seed, level and batch of the full
   experiment cost less than twice one ``KNeighborsClassifier(1)`` fitted on all
@@ -62,6 +63,7 @@ from crowdpoison.cli import (
     fraction,
     non_negative_int,
     positive_int,
+    random_state_seed,
     run,
 )
 from crowdpoison.models import MODEL_NAMES
@@ -178,7 +180,7 @@ def _add_size_flags(parser):
     )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=random_state_seed,
         nargs="+",
         default=[3],
         help="seeds of the reduced grid (default 3)",

@@ -25,6 +25,11 @@ FITTED_MODELS = tuple(
     name for name in MODEL_NAMES if not is_knn(name) and not is_voting(name)
 )
 
+# Fits and KNN predictions of the naive engine per (training set, seed): every
+# model once, and VF(hard) and VF(soft) each refit LR, DT, ANN and KNN(3).
+NAIVE_FIT_COUNTS = {"LR": 3, "SVM": 1, "DT": 3, "ANN": 3, "RF": 1}
+NAIVE_KNN_PREDICTIONS = 5 + 2
+
 # Dimensions of the study's grid beyond one experiment.
 STUDY_N_BEHAVIOURS = 3
 STUDY_VOTE_SETTINGS = (1, 3, 5, 7)
@@ -51,8 +56,8 @@ STUDY_CELL_SECONDS = {
 }
 # np.loadtxt seconds per 18,000 rows in the study's scripts.
 STUDY_LOADTXT_SECONDS = 3.0
-# Seconds per level of the study's generation script at 3 votes per image, and
-# the bytes of CSV it wrote per level.
+# Seconds per level of the study's generation script at 3 votes per image (its
+# mean over a run of all 21 levels), and the bytes of CSV it wrote per level.
 STUDY_GENERATION_SECONDS = 14.0
 STUDY_LEVEL_CSV_BYTES = 195e6
 
@@ -183,7 +188,12 @@ class MeasuredCosts:
         Workers of ``fit_speedup``.
     naive_law : PowerLaw or None
         CPU seconds of the naive engine for one (level, batch, seed): loading
-        and all twelve models.
+        and all twelve models. Used only without ``knn_seconds_per_row``.
+    knn_seconds_per_row : float or None
+        CPU seconds of one ``KNeighborsClassifier`` fit and predict on the test
+        set, per training row.
+    loadtxt_seconds_per_row : float or None
+        Seconds of ``np.loadtxt`` per CSV row.
     generation_seconds : float or None
         Mean seconds to generate one level at ``MEASURED_VOTES`` votes per image.
     """
@@ -195,6 +205,8 @@ class MeasuredCosts:
     fit_speedup: float | None = None
     n_workers: int = 1
     naive_law: PowerLaw | None = None
+    knn_seconds_per_row: float | None = None
+    loadtxt_seconds_per_row: float | None = None
     generation_seconds: float | None = None
 
 
@@ -291,7 +303,26 @@ def project_study_grid(training_sets, *, n_seeds, n_models, costs, n_cpus):
         )
 
     naive_cpu = naive_wall = None
-    if costs.naive_law is not None:
+    per_row = (costs.knn_seconds_per_row, costs.loadtxt_seconds_per_row)
+    if not unmeasured and None not in per_row:
+        knn_per_row, loadtxt_per_row = per_row
+        fits = sum(
+            count * costs.fit_laws[model](training_set.n_rows)
+            for training_set in training_sets
+            for model, count in NAIVE_FIT_COUNTS.items()
+        )
+        rows = sum(training_set.n_rows for training_set in training_sets)
+        per_seed = fits + (NAIVE_KNN_PREDICTIONS * knn_per_row + loadtxt_per_row) * rows
+        naive_cpu = n_experiments * n_seeds * per_seed
+        naive_wall = naive_cpu / n_cpus
+        assumptions.append(
+            "naive engine: per training set and seed, the fit laws above for LR, "
+            "DT and ANN three times (the model and its refit in both VF models), "
+            f"SVM and RF once, {NAIVE_KNN_PREDICTIONS} KNeighborsClassifier "
+            "predictions and np.loadtxt, both linear in the training rows (an "
+            f"estimate); its wall-clock assumes a perfect speedup on {n_cpus} cores"
+        )
+    elif costs.naive_law is not None:
         naive_cpu = (
             n_experiments
             * n_seeds
@@ -402,6 +433,8 @@ def project_from_stages(workspace, stages, *, n_cpus):
         fit_speedup=fit_speedup,
         n_workers=n_workers,
         naive_law=_naive_law(workspace),
+        knn_seconds_per_row=knn["reference_one_thread"] / workspace.settings.full_rows,
+        loadtxt_seconds_per_row=_loadtxt_per_row(stages),
         generation_seconds=generation.figures["mean_seconds"] if generation else None,
     )
     projection = project_study_grid(
@@ -442,6 +475,13 @@ def _fit_speedup(one_worker, two_workers, n_cpus):
     if parallel <= 0:
         return limit
     return min(max(fits / parallel, 1.0), limit)
+
+
+def _loadtxt_per_row(stages):
+    if "loading" not in stages:
+        return None
+    figures = stages["loading"].figures
+    return figures["loadtxt_seconds"] / figures["loadtxt_rows"]
 
 
 def _naive_law(workspace):

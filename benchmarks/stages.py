@@ -362,7 +362,10 @@ def stage_generation(workspace, result):
         f"{sizes[largest] / MB:.1f} MB (level {largest})"
     )
 
-    speedup = STUDY_GENERATION_SECONDS / seconds[slowest]
+    # The study's figure is its mean over the 21 levels of one run, so the target
+    # compares the mean; the slowest level is reported beside it.
+    speedup = STUDY_GENERATION_SECONDS / mean
+    slowest_speedup = STUDY_GENERATION_SECONDS / seconds[slowest]
     size_limit = MAX_LEVEL_CSV_SHARE * STUDY_LEVEL_CSV_BYTES
     result.figures.update(
         wall=generation.wall,
@@ -380,8 +383,9 @@ def stage_generation(workspace, result):
             "generation speed",
             passed=speedup >= MIN_GENERATION_SPEEDUP,
             measured=(
-                f"slowest level {seconds[slowest]:.2f} s = {speedup:.1f}x faster than "
-                f"{STUDY_GENERATION_SECONDS:.0f} s"
+                f"mean level {mean:.2f} s = {speedup:.1f}x faster than "
+                f"{STUDY_GENERATION_SECONDS:.0f} s (slowest, level {slowest}: "
+                f"{seconds[slowest]:.2f} s = {slowest_speedup:.1f}x)"
             ),
             goal=f"at least {MIN_GENERATION_SPEEDUP:.0f}x",
         ),

@@ -287,6 +287,27 @@ def test_project_study_grid_sums_costs():
     assert projection.generation_hours == pytest.approx(12 * 2 * 3 * 4 / 3 / 3600)
 
 
+def test_project_study_grid_naive_from_fit_laws():
+    training_sets = [TrainingSet(0, 1, 10, "trusted"), TrainingSet(0, 2, 20, "a")]
+    unit = PowerLaw(1.0, 1.0)
+    costs = MeasuredCosts(
+        fit_laws=dict.fromkeys(("LR", "SVM", "DT", "ANN", "RF"), unit),
+        knn_seconds=0.0,
+        loading_seconds=0.0,
+        other_share=0.0,
+        knn_seconds_per_row=0.5,
+        loadtxt_seconds_per_row=0.25,
+    )
+    projection = project_study_grid(
+        training_sets, n_seeds=2, n_models=12, costs=costs, n_cpus=2
+    )
+    # Per training set and seed: 11 fits of n seconds (LR, DT, ANN three times,
+    # SVM and RF once), 7 predictions of n / 2 s and loading of n / 4 s.
+    per_seed = (11 + 7 * 0.5 + 0.25) * (10 + 20)
+    assert projection.naive_cpu_hours == pytest.approx(12 * 2 * per_seed / 3600)
+    assert projection.naive_wall_hours == pytest.approx(12 * per_seed / 3600)
+
+
 # The Dask benchmark
 
 needs_dask = pytest.mark.skipif(
