@@ -9,6 +9,7 @@ the per-level counts.
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -408,21 +409,31 @@ def run_levels(generation, levels, *, n_jobs, show):
     else:
         from joblib import Parallel, delayed
 
+        from crowdpoison.executor import call_with_one_thread
+
+        # Each worker process exits soon after this process stops, even on
+        # SIGKILL (see crowdpoison.executor.watch_parent).
+        parent_pid = os.getpid()
         tasks = (
-            delayed(run_level)(
-                generation.X,
-                generation.y,
-                generation.params,
+            delayed(call_with_one_thread)(
                 level,
-                str(generation.out_dir),
-                identity,
+                run_level,
+                {
+                    "X": generation.X,
+                    "y": generation.y,
+                    "params": generation.params,
+                    "level": level,
+                    "out_dir": str(generation.out_dir),
+                    "identity": identity,
+                },
+                parent_pid,
             )
             for level in levels
         )
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         outputs = parallel(tasks)
         try:
-            for result in outputs:
+            for _, result in outputs:
                 yield result
                 bar.update()
         finally:

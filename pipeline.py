@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from bots.behaviors import BEHAVIORS
 from crowdpoison.cli import (
     ArgumentParser,
     InputError,
@@ -25,9 +26,17 @@ from crowdpoison.cli import (
     random_state_seed,
     run,
 )
+from run_ml import check_models, check_n_jobs
 
 logger = logging.getLogger("pipeline")
 ROOT = Path(__file__).resolve().parent
+# Behaviours that need no option of their own ("targeted" needs a source and
+# target class, so it runs through generate_datasets.py directly).
+PIPELINE_BEHAVIORS = tuple(name for name in sorted(BEHAVIORS) if name != "targeted")
+# Batch steps by data set: the digits get fewer, larger batches so that the
+# default run stays short.
+MNIST_STEP = 0.1
+DIGITS_STEP = 0.2
 
 EPILOG = """\
 examples:
@@ -51,7 +60,9 @@ def build_parser():
     )
     data = parser.add_mutually_exclusive_group()
     data.add_argument(
-        "--mnist-dir", type=Path, help="folder with the four MNIST IDX files (.gz or raw)"
+        "--mnist-dir",
+        type=Path,
+        help="folder with the four MNIST IDX files (.gz or raw)",
     )
     data.add_argument(
         "--download", action="store_true", help="download MNIST and verify checksums"
@@ -64,8 +75,11 @@ def build_parser():
     parser.add_argument(
         "--behaviors",
         nargs="+",
+        choices=PIPELINE_BEHAVIORS,
         default=["random", "switch", "flip"],
-        help="poisoning behaviours to simulate (default random switch flip)",
+        metavar="BEHAVIOR",
+        help="poisoning behaviours to simulate, among "
+        f"{' '.join(PIPELINE_BEHAVIORS)} (default random switch flip)",
     )
     parser.add_argument(
         "--votes",
@@ -80,8 +94,8 @@ def build_parser():
     parser.add_argument(
         "--step",
         type=fraction,
-        default=0.1,
-        help="fraction of the pool per batch, in (0, 1] (default 0.1: 11 batches)",
+        help="fraction of the pool per batch, in (0, 1] (default 0.1 on MNIST, 11 "
+        f"batches; {DIGITS_STEP} on the digits, 6 batches)",
     )
     parser.add_argument(
         "--levels",
@@ -109,6 +123,12 @@ def build_parser():
         type=int,
         default=-1,
         help="parallel processes for training; -1 uses every core (default -1)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let generate_datasets.py and run_ml.py replace outputs written with "
+        "other parameters instead of stopping",
     )
     add_logging_flags(parser)
     return parser
@@ -138,24 +158,53 @@ class Pipeline:
             )
 
 
+def check_arguments(args):
+    """Check the options that only a later stage would check, before any stage."""
+    too_high = [level for level in args.levels or [] if level > args.bots]
+    if too_high:
+        raise InputError(
+            f"invalid --levels {' '.join(map(str, too_high))}: a level is a number "
+            f"of malicious bots in 0..{args.bots} (--bots {args.bots})"
+        )
+    models = check_models(args.models)
+    if args.plot_model not in models:
+        raise InputError(
+            f"--plot-model {args.plot_model}: not among the trained models "
+            f"({' '.join(models)}); pick one of them or add it to --models"
+        )
+    check_n_jobs(args.n_jobs)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     configure_logging(args)
+    check_arguments(args)
     on_mnist = args.mnist_dir is not None or args.download
     out = args.out or ROOT / "runs" / ("mnist" if on_mnist else "digits")
     levels = args.levels
     if levels is None:
         levels = list(range(0, args.bots + 1, 4))
+    step = args.step
+    if step is None:
+        step = MNIST_STEP if on_mnist else DIGITS_STEP
+    overwrite = ["--overwrite"] if args.overwrite else []
     pipeline = Pipeline(args.quiet)
     data = out / "data"
     train_csv, test_csv = data / "train.csv", data / "test.csv"
 
     if not (train_csv.is_file() and test_csv.is_file()):
         if args.mnist_dir is not None:
-            pipeline.script("convert_dataset.py", "--mnist-dir", args.mnist_dir, "-o", data)
+            pipeline.script(
+                "convert_dataset.py", "--mnist-dir", args.mnist_dir, "-o", data
+            )
         elif args.download:
             pipeline.script(
-                "convert_dataset.py", "--download", "--cache-dir", out / "mnist", "-o", data
+                "convert_dataset.py",
+                "--download",
+                "--cache-dir",
+                out / "mnist",
+                "-o",
+                data,
             )
         else:
             pipeline.script("convert_dataset.py", "--digits", "-o", data)
@@ -170,23 +219,36 @@ def main(argv=None):
             results_csv.parent.mkdir(parents=True, exist_ok=True)
             pipeline.script(
                 "generate_datasets.py",
-                "-i", train_csv,
-                "-o", generated,
-                "-l", args.bots,
-                "-s", args.step,
-                "--behavior", behavior,
-                "-v", votes,
+                "-i",
+                train_csv,
+                "-o",
+                generated,
+                "-l",
+                args.bots,
+                "-s",
+                step,
+                "--behavior",
+                behavior,
+                "-v",
+                votes,
                 *level_args,
+                *overwrite,
             )
             model_args = ["--models", *args.models] if args.models else []
             pipeline.script(
                 "run_ml.py",
-                "-i", generated,
-                "-t", test_csv,
-                "-o", results_csv,
-                "--seeds", *args.seeds,
-                "--n-jobs", args.n_jobs,
+                "-i",
+                generated,
+                "-t",
+                test_csv,
+                "-o",
+                results_csv,
+                "--seeds",
+                *args.seeds,
+                "--n-jobs",
+                args.n_jobs,
                 *model_args,
+                *overwrite,
             )
             results.append((name, generated, results_csv))
 
@@ -196,21 +258,27 @@ def main(argv=None):
         pipeline.script(
             "process_results/get_results.py",
             results_csv,
-            "--manifest", generated / "manifest.json",
-            "--format", "markdown",
-            "-o", report / f"{name}-breaking-points.md",
+            "--manifest",
+            generated / "manifest.json",
+            "--format",
+            "markdown",
+            "-o",
+            report / f"{name}-breaking-points.md",
         )
         pipeline.script(
             "process_results/plot_ml_data.py",
             results_csv,
-            "--models", args.plot_model,
-            "-o", report / f"{name}-3d.png",
+            "--models",
+            args.plot_model,
+            "-o",
+            report / f"{name}-3d.png",
         )
         pipeline.script(
             "process_results/plot_ml_data.py",
             results_csv,
             "--heatmap",
-            "-o", report / f"{name}-heatmap.png",
+            "-o",
+            report / f"{name}-heatmap.png",
         )
 
     logger.info("stage timings:")

@@ -485,3 +485,33 @@ def test_generate_rerun_drops_unrequested_level(train_csv, tmp_path, caplog):
         "to generate it again"
     )
     assert warnings == [expected]
+
+
+def test_generate_parallel_workers_exit_after_sigkill(slow_train_csv, tmp_path):
+    """Workers of --n-jobs 2 stop soon after their main process is killed."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "generate_datasets.py"),
+        *["-i", str(slow_train_csv), "-o", str(out), "-l", "6", "-v", "5"],
+        *["--n-jobs", "2", "--quiet"],
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    children = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if len(list(out.glob(".level-*.tmp/dataset_002.csv"))) == 2:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the run ended before two levels were running"
+        children = psutil.Process(process.pid).children(recursive=True)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert children
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:
+        child.kill()
+    assert alive == []
