@@ -2,7 +2,8 @@
 
 Each stage runs one of the study's scripts as a subprocess and prints its command
 line, so any stage can be rerun or changed by hand. Without MNIST the pipeline
-uses scikit-learn's bundled 8x8 digits and finishes in a few minutes on two cores.
+uses scikit-learn's bundled 8x8 digits and finishes in about 7 minutes on two
+cores.
 Every stage resumes: rerunning the same command skips the work already done.
 """
 
@@ -40,7 +41,7 @@ DIGITS_STEP = 0.2
 
 EPILOG = """\
 examples:
-  # scikit-learn's bundled digits, a small grid (a few minutes)
+  # scikit-learn's bundled digits, a small grid (about 7 minutes on two cores)
   ./quickstart.sh
 
   # real MNIST from a folder holding the four IDX files

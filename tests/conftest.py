@@ -6,7 +6,9 @@ the repository. They are skipped when the folder is missing, except under CI
 (``CI=true``), where a missing folder fails them.
 """
 
+import functools
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,26 @@ def mnist_dir():
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def kill_and_wait_for_children():
+    """Return a function that kills a process and its children's survivors.
+
+    ``kill(process, timeout=20)`` sends SIGKILL to ``process`` and returns its
+    child processes still alive ``timeout`` seconds later. The survivors are
+    killed before it returns, so that a failing test leaves no process behind.
+    """
+    psutil = pytest.importorskip("psutil")
+    return functools.partial(_kill_and_wait, psutil)
+
+
+def _kill_and_wait(psutil, process, timeout=20):
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, "the process has no child process to watch"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        child.kill()
+    return alive

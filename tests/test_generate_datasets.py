@@ -487,9 +487,10 @@ def test_generate_rerun_drops_unrequested_level(train_csv, tmp_path, caplog):
     assert warnings == [expected]
 
 
-def test_generate_parallel_workers_exit_after_sigkill(slow_train_csv, tmp_path):
+def test_generate_parallel_workers_exit_after_sigkill(
+    slow_train_csv, tmp_path, kill_and_wait_for_children
+):
     """Workers of --n-jobs 2 stop soon after their main process is killed."""
-    psutil = pytest.importorskip("psutil")
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -498,7 +499,6 @@ def test_generate_parallel_workers_exit_after_sigkill(slow_train_csv, tmp_path):
         *["--n-jobs", "2", "--quiet"],
     ]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
-    children = []
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
@@ -506,12 +506,7 @@ def test_generate_parallel_workers_exit_after_sigkill(slow_train_csv, tmp_path):
                 break
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before two levels were running"
-        children = psutil.Process(process.pid).children(recursive=True)
-        os.kill(process.pid, signal.SIGKILL)
+        assert kill_and_wait_for_children(process) == []
     finally:
+        process.kill()
         process.wait()
-    assert children
-    _, alive = psutil.wait_procs(children, timeout=20)
-    for child in alive:
-        child.kill()
-    assert alive == []

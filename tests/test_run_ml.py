@@ -506,14 +506,13 @@ def test_run_ml_warns_rows_without_result(tiny, tmp_path, caplog):
     assert "1 of the 2 rows of the grid have no result" in caplog.text
 
 
-def test_run_ml_workers_exit_after_sigkill(tiny, tmp_path):
+def test_run_ml_workers_exit_after_sigkill(tiny, tmp_path, kill_and_wait_for_children):
     psutil = pytest.importorskip("psutil")
     output = tmp_path / "killed.csv"
     argv = _argv(tiny, output, "--models", "DT", "RF", "--n-jobs", "2")
     command = [sys.executable, str(REPO_ROOT / "run_ml.py"), *argv]
     process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    children = []
     try:
         # Wait until both workers have fitted something, so that they are busy
         # or idle, not starting.
@@ -524,12 +523,7 @@ def test_run_ml_workers_exit_after_sigkill(tiny, tmp_path):
                 break
             time.sleep(0.05)
         assert process.poll() is None, "run_ml.py finished before it could be killed"
-        children = psutil.Process(process.pid).children(recursive=True)
-        os.kill(process.pid, signal.SIGKILL)
+        assert kill_and_wait_for_children(process) == []
     finally:
+        process.kill()
         process.wait()
-    assert children
-    _, alive = psutil.wait_procs(children, timeout=20)
-    for child in alive:
-        child.kill()
-    assert alive == []
