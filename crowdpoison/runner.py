@@ -252,6 +252,8 @@ class _GridRun:
             total=len(self.pending), desc="result rows", disable=not config.progress
         )
         self.warning_counts = Counter()
+        # Batches per tuple of test classes that their training set lacks.
+        self.missing_classes = Counter()
         self.n_reused = 0
 
     def write(self, rows):
@@ -271,14 +273,18 @@ class _GridRun:
             self.bar.update(len(keys))
 
     def check_classes(self, level, batch, classes):
-        missing = np.setdiff1d(self.test_classes, classes)
-        if len(missing):
+        missing = tuple(np.setdiff1d(self.test_classes, classes).tolist())
+        if not missing:
+            return
+        self.missing_classes[missing] += 1
+        if self.missing_classes[missing] == 1:
             logger.warning(
                 "level %d, batch %d: the training set lacks classes %s of the test "
-                "set; the models cannot predict them",
+                "set; the models cannot predict them (later batches with the same "
+                "gap are counted at the end)",
                 level,
                 batch,
-                missing.tolist(),
+                list(missing),
             )
 
     def check_outcome(self, where, model, outcome):
@@ -293,6 +299,13 @@ class _GridRun:
 
     def close(self):
         self.bar.close()
+        for missing, count in sorted(self.missing_classes.items()):
+            if count > 1:
+                logger.warning(
+                    "%d training sets in all lack classes %s of the test set",
+                    count,
+                    list(missing),
+                )
         for name, count in sorted(self.warning_counts.items()):
             logger.info("scikit-learn raised %s in %d fits", name, count)
 

@@ -25,7 +25,7 @@ from sklearn.neighbors import KNeighborsClassifier
 import run_ml
 from crowdpoison import runner
 from crowdpoison.cli import run
-from crowdpoison.csvio import write_labelled_csv
+from crowdpoison.csvio import read_labelled_csv, write_labelled_csv
 from crowdpoison.idx import read_idx_pair
 from crowdpoison.models import MODEL_NAMES
 
@@ -527,3 +527,19 @@ def test_run_ml_workers_exit_after_sigkill(tiny, tmp_path, kill_and_wait_for_chi
     finally:
         process.kill()
         process.wait()
+
+
+def test_run_ml_warns_missing_test_class_once(tiny, tmp_path, caplog):
+    X_test, y_test = read_labelled_csv(tiny / "test.csv")
+    y_test = y_test.copy()
+    y_test[0] = 12
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gen").symlink_to(tiny / "gen")
+    write_labelled_csv(data / "test.csv", X_test, y_test)
+    argv = _argv(data, tmp_path / "out.csv", "--models", "KNN(1)", "--seeds", "3")
+    argv.remove("--quiet")
+    with caplog.at_level(logging.WARNING):
+        assert _exit_code(argv) == 0
+    assert caplog.text.count("lacks classes [12] of the test set;") == 1
+    assert "7 training sets in all lack classes [12] of the test set" in caplog.text
