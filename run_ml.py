@@ -199,6 +199,7 @@ def main(argv=None):
         "input": str(args.input.resolve()),
         "test": str(args.test.resolve()),
     }
+    resume = prepare_output(args.output, parameters, overwrite=args.overwrite)
     logger.info(
         "run_ml.py: %d models, seeds %s, levels %s, engine %s, output %s",
         len(models),
@@ -207,7 +208,6 @@ def main(argv=None):
         args.engine,
         args.output,
     )
-    resume = prepare_output(args.output, parameters, overwrite=args.overwrite)
     config = GridConfig(
         levels=levels,
         test_path=args.test,
