@@ -42,6 +42,8 @@ class Level:
     fingerprint : str
         sha256 over the decompressed bytes of the batch files, filled by
         :func:`scan_levels`.
+    info : dict or None
+        Content of ``level.json``, None without that file.
     """
 
     malicious: int
@@ -50,6 +52,7 @@ class Level:
     complete: bool | None = None
     batch_rows: list = field(default_factory=list)
     fingerprint: str = ""
+    info: dict | None = None
 
     def dataset_lengths(self):
         """Return the rows of the training set of every batch (cumulative sums)."""
@@ -98,8 +101,9 @@ def discover_levels(folder):
                 "level folder %s has no dataset_NNN.csv file; skipped", entry
             )
             continue
+        info = _level_info(entry)
         levels.append(
-            Level(int(entry.name), entry, batch_files, _level_complete(entry))
+            Level(int(entry.name), entry, batch_files, _complete(info), info=info)
         )
     if not levels:
         raise InputError(
@@ -130,7 +134,7 @@ def _batch_files(level_folder):
     return [numbered[number] for number in expected]
 
 
-def _level_complete(level_folder):
+def _level_info(level_folder):
     path = level_folder / LEVEL_INFO_NAME
     if not path.is_file():
         return None
@@ -140,8 +144,72 @@ def _level_complete(level_folder):
     except ValueError as exc:
         logger.warning("ignoring %s, which is not valid JSON (%s)", path, exc)
         return None
-    complete = info.get("complete") if isinstance(info, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def _complete(info):
+    complete = info.get("complete") if info is not None else None
     return complete if isinstance(complete, bool) else None
+
+
+def _check_recorded(level, sizes):
+    """Compare a level's batch files with what its ``level.json`` recorded.
+
+    ``sizes`` maps each batch file's name to its (rows, bytes). Only a level
+    written by ``generate_datasets.py`` has the record. In a folder with a
+    ``manifest.json``, a level without ``level.json`` gets a warning, because
+    that script writes the file before the level folder appears.
+
+    Raises
+    ------
+    InputError
+        If a file's rows or bytes, or the set of files, differ from the record.
+    """
+    rerun = (
+        "rerun generate_datasets.py with the same command, which generates "
+        "damaged or unfinished levels again"
+    )
+    info_path = level.folder / LEVEL_INFO_NAME
+    if level.info is None:
+        if (level.folder.parent / MANIFEST_NAME).is_file():
+            logger.warning(
+                "level folder %s has no %s although its folder has a %s, so its "
+                "generation may not have finished; %s",
+                level.folder,
+                LEVEL_INFO_NAME,
+                MANIFEST_NAME,
+                rerun,
+            )
+        return
+    batches = level.info.get("batches")
+    if not isinstance(batches, list):
+        return
+    recorded_rows = {
+        batch.get("file"): batch.get("rows")
+        for batch in batches
+        if isinstance(batch, dict)
+    }
+    files = level.info.get("files")
+    recorded_bytes = {
+        name: entry.get("bytes")
+        for name, entry in (files.items() if isinstance(files, dict) else [])
+        if isinstance(entry, dict)
+    }
+    if set(recorded_rows) != set(sizes):
+        raise InputError(
+            f"level folder {level.folder} holds the batch files "
+            f"{', '.join(sorted(sizes))} but {info_path} records "
+            f"{', '.join(sorted(map(str, recorded_rows)))}; {rerun}"
+        )
+    for name, (rows, size) in sizes.items():
+        expected_bytes = recorded_bytes.get(name)
+        if recorded_rows[name] != rows or expected_bytes not in (None, size):
+            raise InputError(
+                f"{level.folder / name} has {rows} rows ({size} bytes) but "
+                f"{info_path} records {recorded_rows[name]} rows"
+                + ("" if expected_bytes is None else f" ({expected_bytes} bytes)")
+                + f": the file changed after the level was generated; {rerun}"
+            )
 
 
 def select_levels(levels, requested):
@@ -187,13 +255,17 @@ def scan_levels(levels, *, n_features):
     for level in levels:
         digest = hashlib.sha256()
         level.batch_rows = []
+        sizes = {}
         for path in level.batch_files:
             data = read_decompressed(path)
             _check_pixel_count(path, data, n_features)
-            level.batch_rows.append(data.count(b"\n") + (not data.endswith(b"\n")))
+            rows = data.count(b"\n") + (not data.endswith(b"\n"))
+            level.batch_rows.append(rows)
+            sizes[path.name] = (rows, len(data))
             digest.update(f"{path.name}:{len(data)}\n".encode())
             digest.update(data)
         level.fingerprint = digest.hexdigest()
+        _check_recorded(level, sizes)
 
 
 def _check_pixel_count(path, data, n_features):

@@ -22,6 +22,7 @@ import pytest
 from sklearn.metrics import matthews_corrcoef
 from sklearn.neighbors import KNeighborsClassifier
 
+import generate_datasets
 import run_ml
 from crowdpoison import runner
 from crowdpoison.cli import run
@@ -543,3 +544,44 @@ def test_run_ml_warns_missing_test_class_once(tiny, tmp_path, caplog):
         assert _exit_code(argv) == 0
     assert caplog.text.count("lacks classes [12] of the test set;") == 1
     assert "7 training sets in all lack classes [12] of the test set" in caplog.text
+
+
+@pytest.fixture
+def generated(tmp_path):
+    """A folder written by generate_datasets.py from 200 rows of 16 pixels."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(260, 16), dtype=np.uint8)
+    y = np.arange(260) % 10
+    write_labelled_csv(tmp_path / "train.csv", X[:200], y[:200])
+    write_labelled_csv(tmp_path / "test.csv", X[200:], y[200:])
+    argv = ["-i", str(tmp_path / "train.csv"), "-o", str(tmp_path / "gen")]
+    argv += ["-l", "2", "-s", "0.5", "--quiet"]
+    assert run(generate_datasets.main, argv) == 0
+    return tmp_path
+
+
+def _run_generated(folder, output):
+    argv = ["-i", str(folder / "gen"), "-t", str(folder / "test.csv"), "-o"]
+    argv += [str(output), "--models", "KNN(1)", "--seeds", "3"]
+    argv += ["--cache-dir", str(folder / "cache")]
+    return _exit_code(argv)
+
+
+def test_run_ml_rejects_changed_batch_file(generated, tmp_path, capsys):
+    batch = generated / "gen" / "2" / "dataset_002.csv"
+    lines = batch.read_text().splitlines(keepends=True)
+    batch.write_text("".join(lines[: len(lines) // 2]))
+    output = tmp_path / "out.csv"
+    assert _run_generated(generated, output) == 2
+    err = capsys.readouterr().err
+    assert "dataset_002.csv has" in err
+    assert "the file changed after the level was generated" in err
+    assert not output.exists()
+
+
+def test_run_ml_warns_level_without_record(generated, tmp_path, caplog):
+    (generated / "gen" / "1" / "level.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert _run_generated(generated, tmp_path / "out.csv") == 0
+    assert "has no level.json" in caplog.text
+    assert "may not have finished" in caplog.text
