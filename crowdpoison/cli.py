@@ -140,6 +140,26 @@ def random_state_seed(text):
     return value
 
 
+# What to do about each kind of file error that run() reports.
+OS_ERROR_ADVICE = {
+    FileNotFoundError: "not found; check the path",
+    PermissionError: "permission denied; check the file's permissions",
+    IsADirectoryError: "is a folder; pass a file",
+    NotADirectoryError: "a part of the path is a file, not a folder; check the path",
+}
+
+
+def describe_os_error(exc):
+    """Return a one-line message for a file error: the path and what to do."""
+    advice = next(
+        (text for kind, text in OS_ERROR_ADVICE.items() if isinstance(exc, kind)),
+        None,
+    )
+    if exc.filename is None or advice is None:
+        return str(exc)
+    return f"{exc.filename}: {advice}"
+
+
 def run(main, argv=None):
     """Call ``main(argv)`` and turn user errors into one line and exit status 2.
 
@@ -153,8 +173,13 @@ def run(main, argv=None):
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as exc:
+        print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

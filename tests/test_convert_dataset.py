@@ -211,7 +211,7 @@ BAD_INPUTS = [
     ),
     (
         ["--images", "{tmp}/missing", "--labels", "{tmp}/missing"],
-        r"No such file or directory: .*missing",
+        r"missing: not found; check the path",
     ),
     (["--mnist-dir", "{tmp}/nowhere"], r"MNIST folder .*nowhere not found"),
     (
