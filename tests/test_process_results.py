@@ -222,7 +222,7 @@ def test_merge_results_stdout(capsys, results_path):
     [
         (["--model", "SVM", "{path}"], "--model SVM: not found in"),
         (["--model", "LR", "x={path}", "x={path}"], "have the same label 'x'"),
-        (["--model", "LR", "x={missing}"], "No such file"),
+        (["--model", "LR", "x={missing}"], "missing.csv: not found"),
     ],
 )
 def test_merge_results_bad_input(capsys, tmp_path, results_path, args, message):
