@@ -270,7 +270,7 @@ def simulate_level(
         accepted=counts.accepted,
         poisoned=counts.poisoned,
         unlabelled=service.n_pending,
-        passes=counts.passes,
+        passes=min(counts.passes, params.max_passes),
         discarded_rounds=counts.discarded_rounds,
         batches=batches,
         poisoned_share=poisoned_share(counts.poisoned, counts.accepted),
@@ -308,6 +308,9 @@ def _answer_until_done(service, bots, truth, params, assignment_rng, progress):
     while not service.exhausted and service.counts.passes <= params.max_passes:
         captcha = service.get_captcha()
         if captcha is None:
+            break
+        if service.counts.passes > params.max_passes:
+            # This captcha opened one pass too many; it is never answered.
             break
         if round_robin:
             bot_id = served % n_bots

@@ -192,6 +192,7 @@ def test_generate_stops_at_max_passes(train_csv, tmp_path, caplog):
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["levels"]["2"]
     assert entry["complete"] is False
+    assert entry["passes"] == 10
     assert entry["unlabelled"] > 0
     assert entry["accepted"] + entry["unlabelled"] == 210
     assert manifest["complete"] is False
