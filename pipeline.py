@@ -96,7 +96,7 @@ def build_parser():
         "--step",
         type=fraction,
         help="fraction of the pool per batch, in (0, 1] (default 0.1 on MNIST, 11 "
-        f"batches; {DIGITS_STEP} on the digits, 6 batches)",
+        f"batches; {DIGITS_STEP} on the digits, 7 batches with the 3 rows left over)",
     )
     parser.add_argument(
         "--levels",

@@ -307,7 +307,11 @@ class Generation:
 
     def _remove_previous_output(self):
         """Remove the manifest, level folders and temporary folders of a generation."""
-        logger.warning("--overwrite: removing the previous output in %s", self.out_dir)
+        logger.warning(
+            "--overwrite: removing the manifest and level folders of the previous "
+            "generation in %s",
+            self.out_dir,
+        )
         for entry in self.out_dir.iterdir():
             is_level = entry.is_dir() and entry.name.isdigit()
             is_tmp = entry.name.startswith(".level-") and entry.name.endswith(".tmp")

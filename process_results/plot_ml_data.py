@@ -330,7 +330,15 @@ def plot_heatmaps(plt, grids, *, n_bots, threshold, mcc_label):
                     linewidth=1.6,
                 )
             )
-            ax.plot(lengths[column], malicious[row], marker="x", color="black", ms=7)
+            # Unclipped: a corner in a thin edge column would lose half the mark.
+            ax.plot(
+                lengths[column],
+                malicious[row],
+                marker="x",
+                color="black",
+                ms=7,
+                clip_on=False,
+            )
             ax.set_title(
                 f"{model}: breaks at {malicious[row]:.0%}, {corner[1]} rows",
                 fontsize=10,
