@@ -12,9 +12,9 @@ printing its figures and PASS or FAIL against a target:
 - ``two-cores``: the fast engine at ``--n-jobs 2`` is at least 1.8 times faster
   than at ``--n-jobs 1`` and writes a byte-identical results file.
 - ``generation``: generate_datasets.py generates the levels of the full
-  experiment at least 10 times faster than the study's mean of 14 s per level
-  (the mean over levels is compared, and the slowest level is reported), into at
-  most 60% of the study's 195 MB of CSV per level.
+  experiment at least 10 times faster than the study's mean of 14 s per level,
+  into at most 60% of the study's 195 MB of CSV per level. The mean over the
+  levels is compared, and the slowest level is reported beside it.
 - ``knn``: the five KNN models over every seed, level and batch of the full
   experiment cost less than twice one ``KNeighborsClassifier(1)`` fitted on all
   its training rows and predicting the test set (float64, one thread).

@@ -363,7 +363,7 @@ def stage_generation(workspace, result):
     )
 
     # The study's figure is its mean over the 21 levels of one run, so the target
-    # compares the mean; the slowest level is reported beside it.
+    # compares the mean. The slowest level is reported beside it.
     speedup = STUDY_GENERATION_SECONDS / mean
     slowest_speedup = STUDY_GENERATION_SECONDS / seconds[slowest]
     size_limit = MAX_LEVEL_CSV_SHARE * STUDY_LEVEL_CSV_BYTES

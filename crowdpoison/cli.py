@@ -140,7 +140,7 @@ def random_state_seed(text):
     return value
 
 
-# What to do about each kind of file error that run() reports.
+# Advice for each kind of file error that run() reports.
 OS_ERROR_ADVICE = {
     FileNotFoundError: "not found; check the path",
     PermissionError: "permission denied; check the file's permissions",

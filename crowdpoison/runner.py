@@ -354,8 +354,8 @@ class FastEngine(_GridRun):
     """Compute each piece of work once; see the module docstring.
 
     Levels run in rounds of :data:`LEVELS_PER_ROUND`. The fits of every level of a
-    round go to the executor together, the longest first. Workers then never wait
-    for the last fit of one level before the next level starts.
+    round go to the executor together, the longest first, so that workers rarely
+    sit idle while the last fit of one level runs.
     """
 
     def __init__(self, config, writer, X_test, y_test, executor):

@@ -401,22 +401,28 @@ def slow_train_csv(tmp_path_factory):
     return path
 
 
-def test_generate_parallel_interrupt_removes_tmp(slow_train_csv, tmp_path):
-    """SIGINT to the main process of --n-jobs 2 removes its workers' tmp folders."""
-    out = tmp_path / "out"
+def _start_two_running_levels(train_csv, out, stderr):
+    """Start generate_datasets.py --n-jobs 2 and wait until two levels are running."""
     command = [
         sys.executable,
         str(REPO_ROOT / "generate_datasets.py"),
-        *["-i", str(slow_train_csv), "-o", str(out), "-l", "6", "-v", "5"],
+        *["-i", str(train_csv), "-o", str(out), "-l", "6", "-v", "5"],
         *["--n-jobs", "2", "--quiet"],
     ]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(out.glob(".level-*.tmp/dataset_002.csv"))) == 2:
+            break
+        time.sleep(0.01)
+    return process
+
+
+def test_generate_parallel_interrupt_removes_tmp(slow_train_csv, tmp_path):
+    """SIGINT to the main process of --n-jobs 2 removes its workers' tmp folders."""
+    out = tmp_path / "out"
+    process = _start_two_running_levels(slow_train_csv, out, subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(list(out.glob(".level-*.tmp/dataset_002.csv"))) == 2:
-                break
-            time.sleep(0.01)
         assert process.poll() is None, "the run ended before two levels were running"
         os.kill(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=60)
@@ -493,19 +499,8 @@ def test_generate_parallel_workers_exit_after_sigkill(
 ):
     """Workers of --n-jobs 2 stop soon after their main process is killed."""
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "generate_datasets.py"),
-        *["-i", str(slow_train_csv), "-o", str(out), "-l", "6", "-v", "5"],
-        *["--n-jobs", "2", "--quiet"],
-    ]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    process = _start_two_running_levels(slow_train_csv, out, subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if len(list(out.glob(".level-*.tmp/dataset_002.csv"))) == 2:
-                break
-            time.sleep(0.01)
         assert process.poll() is None, "the run ended before two levels were running"
         assert kill_and_wait_for_children(process) == []
     finally:
